@@ -1,0 +1,526 @@
+//! `CasClient`: how the worker and the vfs talk to any REAPI CAS, Lazybarn's
+//! own or another (bb-storage, bazel-remote, NativeLink).
+//!
+//! Small blobs travel in batches sized to the server's advertised
+//! `max_batch_total_size_bytes`; larger ones through ByteStream. Every
+//! download is checked against its digest. Calls that fail with UNAVAILABLE
+//! are retried with exponential backoff; every other error is returned at
+//! once with context naming the call and the blob.
+
+use std::path::Path;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use lazybarn_proto::bytestream::{ReadRequest, WriteRequest, byte_stream_client::ByteStreamClient};
+use lazybarn_proto::reapi::{
+    BatchReadBlobsRequest, BatchUpdateBlobsRequest, Directory, FindMissingBlobsRequest,
+    GetCapabilitiesRequest, GetTreeRequest, batch_update_blobs_response,
+    capabilities_client::CapabilitiesClient,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::digest::{Digest, DigestHasher, verify};
+use crate::service::{DEFAULT_MAX_BATCH_BYTES, message_size_limit};
+
+/// Digests per FindMissingBlobs call: about 1 MB of request.
+const FIND_MISSING_CHUNK: usize = 16_384;
+/// Bytes of framing assumed per blob when packing a batch.
+const PER_BLOB_OVERHEAD: usize = 256;
+/// Bytes per ByteStream WriteRequest.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Batches or streams in flight at once during an upload or download.
+const PARALLEL_CALLS: usize = 4;
+
+/// A client of one CAS instance.
+#[derive(Clone)]
+pub struct CasClient {
+    instance: String,
+    channel: Channel,
+    cas: ContentAddressableStorageClient<Channel>,
+    bytestream: ByteStreamClient<Channel>,
+    max_batch_bytes: usize,
+    retry: ExponentialBuilder,
+}
+
+impl CasClient {
+    /// Connects to `endpoint` (`grpc://host:port` or `http://host:port`) and
+    /// asks it for its batch limit. Retries while the server is unavailable.
+    pub async fn connect(endpoint: &str, instance: &str) -> Result<Self, Status> {
+        let url = endpoint.replacen("grpc://", "http://", 1);
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| Status::invalid_argument(format!("bad CAS endpoint {endpoint:?}: {e}")))?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
+            .connect_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        let mut client = CasClient::from_channel(channel, instance, DEFAULT_MAX_BATCH_BYTES);
+        let advertised = client.fetch_max_batch().await.map_err(|e| {
+            Status::new(e.code(), format!("asking {endpoint} for its capabilities: {}", e.message()))
+        })?;
+        if advertised > 0 {
+            client.max_batch_bytes = advertised;
+        }
+        Ok(client)
+    }
+
+    /// A client over an existing channel, assuming the given batch limit.
+    pub fn from_channel(channel: Channel, instance: &str, max_batch_bytes: usize) -> Self {
+        let limit = message_size_limit(max_batch_bytes);
+        CasClient {
+            instance: instance.to_string(),
+            channel: channel.clone(),
+            cas: ContentAddressableStorageClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            bytestream: ByteStreamClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            max_batch_bytes,
+            retry: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(8)
+                .with_jitter(),
+        }
+    }
+
+    /// Replaces the retry policy (tests use a short one).
+    pub fn with_retry(mut self, retry: ExponentialBuilder) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The batch limit in use.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+
+    async fn fetch_max_batch(&self) -> Result<usize, Status> {
+        let call = || async {
+            let mut caps = CapabilitiesClient::new(self.channel.clone());
+            caps.get_capabilities(GetCapabilitiesRequest {
+                instance_name: self.instance.clone(),
+            })
+            .await
+        };
+        let caps = call.retry(self.retry).when(is_transient).await?.into_inner();
+        Ok(caps
+            .cache_capabilities
+            .map_or(0, |c| c.max_batch_total_size_bytes.max(0) as usize))
+    }
+
+    /// The digests among `digests` that the CAS lacks.
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, Status> {
+        let mut missing = Vec::new();
+        for chunk in digests.chunks(FIND_MISSING_CHUNK) {
+            let request = FindMissingBlobsRequest {
+                instance_name: self.instance.clone(),
+                blob_digests: chunk.iter().map(|d| d.to_proto()).collect(),
+                digest_function: 0,
+            };
+            let call = || {
+                let mut cas = self.cas.clone();
+                let request = request.clone();
+                async move { cas.find_missing_blobs(request).await }
+            };
+            let response = call
+                .retry(self.retry)
+                .when(is_transient)
+                .await
+                .map_err(|e| context(e, format!("FindMissingBlobs of {} digests", chunk.len())))?;
+            for d in response.into_inner().missing_blob_digests {
+                missing.push(Digest::from_proto(Some(&d)).map_err(|e| {
+                    Status::internal(format!("FindMissingBlobs answered a bad digest: {e}"))
+                })?);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Uploads the blobs the CAS lacks; returns how many were uploaded.
+    pub async fn upload_missing(&self, blobs: Vec<(Digest, Bytes)>) -> Result<usize, Status> {
+        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let missing: std::collections::HashSet<Digest> =
+            self.find_missing(&digests).await?.into_iter().collect();
+        let wanted: Vec<_> = blobs
+            .into_iter()
+            .filter(|(d, _)| missing.contains(d))
+            .collect();
+        let count = wanted.len();
+        self.upload(wanted).await?;
+        Ok(count)
+    }
+
+    /// Uploads blobs: small ones packed into batches, large ones streamed.
+    pub async fn upload(&self, blobs: Vec<(Digest, Bytes)>) -> Result<(), Status> {
+        let (large, small): (Vec<_>, Vec<_>) = blobs
+            .into_iter()
+            .partition(|(d, _)| d.size() as usize + PER_BLOB_OVERHEAD > self.max_batch_bytes);
+        let batches = self.pack(small);
+        futures::stream::iter(batches)
+            .map(|batch| self.batch_update(batch))
+            .buffer_unordered(PARALLEL_CALLS)
+            .try_collect::<()>()
+            .await?;
+        futures::stream::iter(large)
+            .map(|(digest, data)| self.write_bytes(digest, data))
+            .buffer_unordered(PARALLEL_CALLS)
+            .try_collect::<()>()
+            .await
+    }
+
+    fn pack(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Vec<(Digest, Bytes)>> {
+        let mut batches = vec![];
+        let mut current = vec![];
+        let mut bytes = 0;
+        for (digest, data) in blobs {
+            let cost = digest.size() as usize + PER_BLOB_OVERHEAD;
+            if bytes + cost > self.max_batch_bytes && !current.is_empty() {
+                batches.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += cost;
+            current.push((digest, data));
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        batches
+    }
+
+    async fn batch_update(&self, batch: Vec<(Digest, Bytes)>) -> Result<(), Status> {
+        let request = BatchUpdateBlobsRequest {
+            instance_name: self.instance.clone(),
+            requests: batch
+                .iter()
+                .map(|(d, data)| lazybarn_proto::reapi::batch_update_blobs_request::Request {
+                    digest: Some(d.to_proto()),
+                    data: data.clone(),
+                    compressor: 0,
+                })
+                .collect(),
+            digest_function: 0,
+        };
+        let call = || {
+            let mut cas = self.cas.clone();
+            let request = request.clone();
+            async move { cas.batch_update_blobs(request).await }
+        };
+        let response = call
+            .retry(self.retry)
+            .when(is_transient)
+            .await
+            .map_err(|e| context(e, format!("BatchUpdateBlobs of {} blobs", batch.len())))?;
+        first_failure(response.into_inner().responses)
+    }
+
+    /// Streams one blob held in memory through ByteStream Write.
+    async fn write_bytes(&self, digest: Digest, data: Bytes) -> Result<(), Status> {
+        let chunks: Vec<Bytes> = (0..data.len())
+            .step_by(WRITE_CHUNK)
+            .map(|at| data.slice(at..data.len().min(at + WRITE_CHUNK)))
+            .collect();
+        self.write_chunks(digest, chunks).await
+    }
+
+    async fn write_chunks(&self, digest: Digest, chunks: Vec<Bytes>) -> Result<(), Status> {
+        let call = || {
+            let mut bytestream = self.bytestream.clone();
+            let requests = self.write_requests(digest, chunks.clone());
+            async move { bytestream.write(futures::stream::iter(requests)).await }
+        };
+        let response = call
+            .retry(self.retry)
+            .when(is_transient)
+            .await
+            .map_err(|e| context(e, format!("ByteStream Write of blob {digest}")))?;
+        let committed = response.into_inner().committed_size;
+        if committed != digest.size() as i64 {
+            return Err(Status::internal(format!(
+                "ByteStream Write of blob {digest} committed {committed} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn write_requests(&self, digest: Digest, chunks: Vec<Bytes>) -> Vec<WriteRequest> {
+        let name = format!(
+            "{}uploads/{}/blobs/{}/{}",
+            instance_prefix(&self.instance),
+            uuid::Uuid::new_v4(),
+            digest.hash_hex(),
+            digest.size()
+        );
+        let mut offset = 0;
+        let count = chunks.len().max(1);
+        let mut chunks = chunks.into_iter();
+        (0..count)
+            .map(|i| {
+                let data = chunks.next().unwrap_or_default();
+                let request = WriteRequest {
+                    resource_name: if i == 0 { name.clone() } else { String::new() },
+                    write_offset: offset,
+                    finish_write: i + 1 == count,
+                    data,
+                };
+                offset += request.data.len() as i64;
+                request
+            })
+            .collect()
+    }
+
+    /// Uploads a file's contents under `digest` (which the caller computed),
+    /// reading it in chunks rather than all at once.
+    pub async fn upload_file(&self, digest: Digest, path: &Path) -> Result<(), Status> {
+        if digest.size() as usize + PER_BLOB_OVERHEAD <= self.max_batch_bytes {
+            let data = tokio::fs::read(path)
+                .await
+                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
+            return self.batch_update(vec![(digest, Bytes::from(data))]).await;
+        }
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Status::internal(format!("opening {}: {e}", path.display())))?;
+        let mut chunks = Vec::new();
+        loop {
+            let mut buf = Vec::with_capacity(WRITE_CHUNK);
+            let n = (&mut file)
+                .take(WRITE_CHUNK as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            chunks.push(Bytes::from(buf));
+        }
+        self.write_chunks(digest, chunks).await
+    }
+
+    /// Downloads a whole blob and checks it against its digest.
+    pub async fn download(&self, digest: Digest) -> Result<Bytes, Status> {
+        if digest.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let data = self.download_range(digest, 0, None).await?;
+        verify(&digest, &data).map_err(|e| Status::data_loss(format!("downloaded {e}")))?;
+        Ok(data)
+    }
+
+    /// Downloads `length` bytes (all when `None`) from `offset`; a partial
+    /// read cannot be verified against the digest.
+    pub async fn download_range(
+        &self,
+        digest: Digest,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Bytes, Status> {
+        let request = ReadRequest {
+            resource_name: self.read_name(&digest),
+            read_offset: offset as i64,
+            read_limit: length.unwrap_or(0) as i64,
+        };
+        let call = || {
+            let mut bytestream = self.bytestream.clone();
+            let request = request.clone();
+            async move {
+                let mut stream = bytestream.read(request).await?.into_inner();
+                let mut data = bytes::BytesMut::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend_from_slice(&chunk.data);
+                }
+                Ok::<_, Status>(data.freeze())
+            }
+        };
+        call.retry(self.retry)
+            .when(is_transient)
+            .await
+            .map_err(|e| context(e, format!("ByteStream Read of blob {digest}")))
+    }
+
+    /// Streams a blob into a new file at `path`, verifying it; on any error
+    /// the file is removed.
+    pub async fn download_to_file(&self, digest: Digest, path: &Path) -> Result<(), Status> {
+        let result = self.try_download_to_file(digest, path).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        result
+    }
+
+    async fn try_download_to_file(&self, digest: Digest, path: &Path) -> Result<(), Status> {
+        let io = |e: std::io::Error| Status::internal(format!("writing {}: {e}", path.display()));
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let mut hasher = DigestHasher::new();
+        if !digest.is_empty() {
+            let mut bytestream = self.bytestream.clone();
+            let request = ReadRequest {
+                resource_name: self.read_name(&digest),
+                read_offset: 0,
+                read_limit: 0,
+            };
+            let mut stream = bytestream
+                .read(request)
+                .await
+                .map_err(|e| context(e, format!("ByteStream Read of blob {digest}")))?
+                .into_inner();
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| context(e, format!("ByteStream Read of blob {digest}")))?
+            {
+                hasher.update(&chunk.data);
+                file.write_all(&chunk.data).await.map_err(io)?;
+            }
+        }
+        file.flush().await.map_err(io)?;
+        let actual = hasher.finish();
+        if actual != digest {
+            return Err(Status::data_loss(format!(
+                "blob {digest} downloaded as {actual}: the CAS served corrupt data"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Downloads many small blobs in batches; each blob is verified.
+    pub async fn download_batch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Bytes)>, Status> {
+        let batches = self.pack(digests.iter().map(|d| (*d, Bytes::new())).collect());
+        let results: Vec<Vec<(Digest, Bytes)>> = futures::stream::iter(batches)
+            .map(|batch| self.batch_read(batch.into_iter().map(|(d, _)| d).collect()))
+            .buffer_unordered(PARALLEL_CALLS)
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    async fn batch_read(&self, digests: Vec<Digest>) -> Result<Vec<(Digest, Bytes)>, Status> {
+        if digests.len() == 1 && digests[0].size() as usize + PER_BLOB_OVERHEAD > self.max_batch_bytes {
+            return Ok(vec![(digests[0], self.download(digests[0]).await?)]);
+        }
+        let request = BatchReadBlobsRequest {
+            instance_name: self.instance.clone(),
+            digests: digests.iter().map(|d| d.to_proto()).collect(),
+            acceptable_compressors: vec![],
+            digest_function: 0,
+        };
+        let call = || {
+            let mut cas = self.cas.clone();
+            let request = request.clone();
+            async move { cas.batch_read_blobs(request).await }
+        };
+        let response = call
+            .retry(self.retry)
+            .when(is_transient)
+            .await
+            .map_err(|e| context(e, format!("BatchReadBlobs of {} blobs", digests.len())))?;
+        response
+            .into_inner()
+            .responses
+            .into_iter()
+            .map(|r| {
+                let digest = Digest::from_proto(r.digest.as_ref())
+                    .map_err(|e| Status::internal(format!("BatchReadBlobs answered a bad digest: {e}")))?;
+                let status = r.status.unwrap_or_default();
+                if status.code != Code::Ok as i32 {
+                    return Err(Status::new(
+                        Code::from(status.code),
+                        format!("reading blob {digest}: {}", status.message),
+                    ));
+                }
+                verify(&digest, &r.data).map_err(|e| Status::data_loss(format!("downloaded {e}")))?;
+                Ok((digest, r.data))
+            })
+            .collect()
+    }
+
+    /// Every Directory below `root`, following page tokens.
+    pub async fn get_tree(&self, root: Digest) -> Result<Vec<Directory>, Status> {
+        let mut directories = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = GetTreeRequest {
+                instance_name: self.instance.clone(),
+                root_digest: Some(root.to_proto()),
+                page_size: 0,
+                page_token: page_token.clone(),
+                digest_function: 0,
+            };
+            let call = || {
+                let mut cas = self.cas.clone();
+                let request = request.clone();
+                async move {
+                    let mut stream = cas.get_tree(request).await?.into_inner();
+                    let mut pages = Vec::new();
+                    while let Some(page) = stream.message().await? {
+                        pages.push(page);
+                    }
+                    Ok::<_, Status>(pages)
+                }
+            };
+            let pages = call
+                .retry(self.retry)
+                .when(is_transient)
+                .await
+                .map_err(|e| context(e, format!("GetTree of {root}")))?;
+            page_token.clear();
+            for page in pages {
+                directories.extend(page.directories);
+                if !page.next_page_token.is_empty() {
+                    page_token = page.next_page_token;
+                }
+            }
+            if page_token.is_empty() {
+                return Ok(directories);
+            }
+        }
+    }
+
+    fn read_name(&self, digest: &Digest) -> String {
+        format!(
+            "{}blobs/{}/{}",
+            instance_prefix(&self.instance),
+            digest.hash_hex(),
+            digest.size()
+        )
+    }
+}
+
+fn instance_prefix(instance: &str) -> String {
+    if instance.is_empty() {
+        String::new()
+    } else {
+        format!("{instance}/")
+    }
+}
+
+fn is_transient(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+}
+
+fn context(status: Status, what: String) -> Status {
+    Status::new(status.code(), format!("{what}: {}", status.message()))
+}
+
+fn first_failure(responses: Vec<batch_update_blobs_response::Response>) -> Result<(), Status> {
+    for r in responses {
+        let status = r.status.unwrap_or_default();
+        if status.code != Code::Ok as i32 {
+            let digest = r
+                .digest
+                .map(|d| format!("{}/{}", d.hash, d.size_bytes))
+                .unwrap_or_default();
+            return Err(Status::new(
+                Code::from(status.code),
+                format!("uploading blob {digest}: {}", status.message),
+            ));
+        }
+    }
+    Ok(())
+}

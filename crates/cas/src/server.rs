@@ -1,0 +1,124 @@
+//! The storage services on one gRPC port.
+//!
+//! [`Storage`] bundles a blob store and an Action Cache; `routes` turns it
+//! into tonic services with message limits that match what Capabilities
+//! advertises. The scheduler adds its Execution service to the same routes.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lazybarn_proto::bytestream::byte_stream_server::ByteStreamServer;
+use lazybarn_proto::reapi::action_cache_server::ActionCacheServer;
+use lazybarn_proto::reapi::capabilities_server::CapabilitiesServer;
+use lazybarn_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use tokio::net::TcpListener;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+
+use crate::action_cache::{ActionCache, DiskActionCache, MemoryActionCache};
+use crate::error::Result;
+use crate::service::{
+    ActionCacheService, ByteStreamService, CapabilitiesService, CasService, message_size_limit,
+};
+use crate::store::{BlobStore, DiskStore, MemoryStore};
+
+/// HTTP/2 flow-control windows: large enough that a loopback or LAN stream
+/// of big blobs is not throttled by acknowledgements.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// A blob store and an Action Cache, served together.
+#[derive(Clone)]
+pub struct Storage {
+    /// The CAS.
+    pub store: Arc<dyn BlobStore>,
+    /// The Action Cache.
+    pub action_cache: Arc<dyn ActionCache>,
+    /// The disk store, when the CAS is one; co-located readers use its files.
+    pub disk: Option<DiskStore>,
+    /// The batch limit advertised and enforced.
+    pub max_batch_bytes: usize,
+}
+
+impl Storage {
+    /// Storage under `data_dir`: blobs in `cas/` (at most `max_bytes`), the
+    /// Action Cache in `ac/`.
+    pub fn open(data_dir: &Path, max_bytes: u64, max_batch_bytes: usize) -> Result<Self> {
+        let disk = DiskStore::open(&data_dir.join("cas"), max_bytes)?;
+        let action_cache = DiskActionCache::open(&data_dir.join("ac"))?;
+        Ok(Storage {
+            store: Arc::new(disk.clone()),
+            action_cache: Arc::new(action_cache),
+            disk: Some(disk),
+            max_batch_bytes,
+        })
+    }
+
+    /// Storage in memory, for tests and small setups.
+    pub fn in_memory(max_bytes: u64, max_batch_bytes: usize) -> Self {
+        Storage {
+            store: Arc::new(MemoryStore::new(max_bytes)),
+            action_cache: Arc::new(MemoryActionCache::new()),
+            disk: None,
+            max_batch_bytes,
+        }
+    }
+
+    /// Adds Capabilities, ContentAddressableStorage, ByteStream and
+    /// ActionCache to `routes`. `execution_enabled` is what Capabilities says
+    /// about the Execution service.
+    pub fn add_services(&self, routes: &mut RoutesBuilder, execution_enabled: bool) {
+        let limit = message_size_limit(self.max_batch_bytes);
+        let capabilities = CapabilitiesService::new(self.max_batch_bytes, execution_enabled);
+        let cas = CasService::new(self.store.clone(), self.max_batch_bytes);
+        let bytestream = ByteStreamService::new(self.store.clone());
+        let action_cache = ActionCacheService::new(
+            self.action_cache.clone(),
+            self.store.clone(),
+            self.max_batch_bytes,
+        );
+        routes
+            .add_service(CapabilitiesServer::new(capabilities))
+            .add_service(
+                ContentAddressableStorageServer::new(cas)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            )
+            .add_service(
+                ByteStreamServer::new(bytestream)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            )
+            .add_service(
+                ActionCacheServer::new(action_cache)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            );
+    }
+
+    /// The storage services alone, ready to serve.
+    pub fn routes(&self) -> Routes {
+        let mut routes = RoutesBuilder::default();
+        self.add_services(&mut routes, false);
+        routes.routes()
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> std::result::Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
