@@ -160,7 +160,10 @@ mod tests {
             cache.get(&Digest::of(b"action a")).await.expect("get"),
             Some(result(3))
         );
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
     }
 
     #[tokio::test]

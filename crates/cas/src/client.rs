@@ -61,7 +61,10 @@ impl CasClient {
             .connect_lazy();
         let mut client = CasClient::from_channel(channel, instance, DEFAULT_MAX_BATCH_BYTES);
         let advertised = client.fetch_max_batch().await.map_err(|e| {
-            Status::new(e.code(), format!("asking {endpoint} for its capabilities: {}", e.message()))
+            Status::new(
+                e.code(),
+                format!("asking {endpoint} for its capabilities: {}", e.message()),
+            )
         })?;
         if advertised > 0 {
             client.max_batch_bytes = advertised;
@@ -109,7 +112,11 @@ impl CasClient {
             })
             .await
         };
-        let caps = call.retry(self.retry).when(is_transient).await?.into_inner();
+        let caps = call
+            .retry(self.retry)
+            .when(is_transient)
+            .await?
+            .into_inner();
         Ok(caps
             .cache_capabilities
             .map_or(0, |c| c.max_batch_total_size_bytes.max(0) as usize))
@@ -199,11 +206,13 @@ impl CasClient {
             instance_name: self.instance.clone(),
             requests: batch
                 .iter()
-                .map(|(d, data)| lazybarn_proto::reapi::batch_update_blobs_request::Request {
-                    digest: Some(d.to_proto()),
-                    data: data.clone(),
-                    compressor: 0,
-                })
+                .map(
+                    |(d, data)| lazybarn_proto::reapi::batch_update_blobs_request::Request {
+                        digest: Some(d.to_proto()),
+                        data: data.clone(),
+                        compressor: 0,
+                    },
+                )
                 .collect(),
             digest_function: 0,
         };
@@ -401,7 +410,9 @@ impl CasClient {
     }
 
     async fn batch_read(&self, digests: Vec<Digest>) -> Result<Vec<(Digest, Bytes)>, Status> {
-        if digests.len() == 1 && digests[0].size() as usize + PER_BLOB_OVERHEAD > self.max_batch_bytes {
+        if digests.len() == 1
+            && digests[0].size() as usize + PER_BLOB_OVERHEAD > self.max_batch_bytes
+        {
             return Ok(vec![(digests[0], self.download(digests[0]).await?)]);
         }
         let request = BatchReadBlobsRequest {
@@ -425,8 +436,9 @@ impl CasClient {
             .responses
             .into_iter()
             .map(|r| {
-                let digest = Digest::from_proto(r.digest.as_ref())
-                    .map_err(|e| Status::internal(format!("BatchReadBlobs answered a bad digest: {e}")))?;
+                let digest = Digest::from_proto(r.digest.as_ref()).map_err(|e| {
+                    Status::internal(format!("BatchReadBlobs answered a bad digest: {e}"))
+                })?;
                 let status = r.status.unwrap_or_default();
                 if status.code != Code::Ok as i32 {
                     return Err(Status::new(
@@ -434,7 +446,8 @@ impl CasClient {
                         format!("reading blob {digest}: {}", status.message),
                     ));
                 }
-                verify(&digest, &r.data).map_err(|e| Status::data_loss(format!("downloaded {e}")))?;
+                verify(&digest, &r.data)
+                    .map_err(|e| Status::data_loss(format!("downloaded {e}")))?;
                 Ok((digest, r.data))
             })
             .collect()

@@ -65,10 +65,12 @@ impl Digest {
 
     /// Parses the `hash/size` form.
     pub fn parse(text: &str) -> Result<Self, CasError> {
-        let (hash, size) = text.split_once('/').ok_or_else(|| CasError::InvalidDigest {
-            digest: text.to_string(),
-            reason: "expected hash/size".to_string(),
-        })?;
+        let (hash, size) = text
+            .split_once('/')
+            .ok_or_else(|| CasError::InvalidDigest {
+                digest: text.to_string(),
+                reason: "expected hash/size".to_string(),
+            })?;
         let size = size.parse::<i64>().map_err(|_| CasError::InvalidDigest {
             digest: text.to_string(),
             reason: "size is not a number".to_string(),

@@ -73,7 +73,12 @@ fn find_blobs(name: &str, segments: &[&str]) -> Result<usize> {
 fn parse_digest(name: &str, rest: &[&str]) -> Result<Digest> {
     let rest = match rest.first() {
         Some(&"sha256") => &rest[1..],
-        Some(f) if f.len() < 64 && f.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) && rest.len() >= 3 => {
+        Some(f)
+            if f.len() < 64
+                && f.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && rest.len() >= 3 =>
+        {
             return Err(invalid(
                 name,
                 &format!("digest function {f:?} is not supported; this server uses sha256"),

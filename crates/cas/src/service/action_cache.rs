@@ -41,7 +41,10 @@ impl ActionCacheService {
 
     /// The first blob `result` refers to that the CAS lacks, if any. Output
     /// directories count with every file inside their trees.
-    pub async fn first_missing_blob(&self, result: &ActionResult) -> Result<Option<Digest>, Status> {
+    pub async fn first_missing_blob(
+        &self,
+        result: &ActionResult,
+    ) -> Result<Option<Digest>, Status> {
         let mut digests = referenced_blobs(result)?;
         let trees: Vec<Digest> = result
             .output_directories
@@ -74,21 +77,24 @@ impl ActionCacheService {
                 d
             })
         };
-        if request.inline_stdout && result.stdout_raw.is_empty() {
-            if let Some(d) = take(result.stdout_digest.as_ref()) {
-                result.stdout_raw = self.store.get(&d).await?;
-            }
+        if request.inline_stdout
+            && result.stdout_raw.is_empty()
+            && let Some(d) = take(result.stdout_digest.as_ref())
+        {
+            result.stdout_raw = self.store.get(&d).await?;
         }
-        if request.inline_stderr && result.stderr_raw.is_empty() {
-            if let Some(d) = take(result.stderr_digest.as_ref()) {
-                result.stderr_raw = self.store.get(&d).await?;
-            }
+        if request.inline_stderr
+            && result.stderr_raw.is_empty()
+            && let Some(d) = take(result.stderr_digest.as_ref())
+        {
+            result.stderr_raw = self.store.get(&d).await?;
         }
         for file in &mut result.output_files {
-            if request.inline_output_files.contains(&file.path) && file.contents.is_empty() {
-                if let Some(d) = take(file.digest.as_ref()) {
-                    file.contents = self.store.get(&d).await?;
-                }
+            if request.inline_output_files.contains(&file.path)
+                && file.contents.is_empty()
+                && let Some(d) = take(file.digest.as_ref())
+            {
+                file.contents = self.store.get(&d).await?;
             }
         }
         Ok(())

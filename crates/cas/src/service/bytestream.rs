@@ -145,7 +145,7 @@ impl ByteStreamService {
 
         let mut request = first;
         loop {
-            let result = self.apply(&name, &mut *upload, request).await;
+            let result = self.apply(&name, &mut upload, request).await;
             upload.last_used = Instant::now();
             match result {
                 Err(e) => {
@@ -246,7 +246,10 @@ impl bytestream::byte_stream_server::ByteStream for ByteStreamService {
         // Fail before the stream starts when the blob is missing, so the
         // client sees NOT_FOUND as the call's status.
         let first_len = (end - start).min(READ_CHUNK);
-        let first = self.store.get_range(&digest, start, Some(first_len)).await?;
+        let first = self
+            .store
+            .get_range(&digest, start, Some(first_len))
+            .await?;
         let store = self.store.clone();
         let rest = futures::stream::unfold(start + first_len, move |offset| {
             let store = store.clone();
@@ -256,11 +259,16 @@ impl bytestream::byte_stream_server::ByteStream for ByteStreamService {
                 }
                 let len = (end - offset).min(READ_CHUNK);
                 let chunk = store.get_range(&digest, offset, Some(len)).await;
-                Some((chunk.map(|data| ReadResponse { data }).map_err(Status::from), offset + len))
+                Some((
+                    chunk
+                        .map(|data| ReadResponse { data })
+                        .map_err(Status::from),
+                    offset + len,
+                ))
             }
         });
-        let stream = futures::stream::once(async move { Ok(ReadResponse { data: first }) })
-            .chain(rest);
+        let stream =
+            futures::stream::once(async move { Ok(ReadResponse { data: first }) }).chain(rest);
         Ok(Response::new(Box::pin(stream)))
     }
 

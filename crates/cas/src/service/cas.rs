@@ -205,9 +205,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             queue: VecDeque::from([root]),
             seen: HashSet::new(),
         };
-        let page = walk
-            .page(start, page_size, self.max_batch_bytes)
-            .await?;
+        let page = walk.page(start, page_size, self.max_batch_bytes).await?;
         let responses = page.into_iter().map(Ok);
         Ok(Response::new(Box::pin(futures::stream::iter(responses))))
     }

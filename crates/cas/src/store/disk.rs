@@ -86,7 +86,9 @@ impl DiskStore {
     /// machine may open it directly instead of copying through gRPC; the file
     /// is never modified, but may be unlinked by eviction.
     pub fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        self.shared.touch(digest).then(|| self.shared.path_of(digest))
+        self.shared
+            .touch(digest)
+            .then(|| self.shared.path_of(digest))
     }
 
     /// Bytes of blobs currently stored.
@@ -247,18 +249,18 @@ impl Shared {
                     .map_err(|e| CasError::io(format!("writing blob {digest}"), e))
             })
             .collect();
-        if blobs.len() > SYNCFS_BATCH {
-            if let Err(e) = syncfs(&self.tmp_dir) {
-                let err = format!("flushing {} blobs to disk: {e}", blobs.len());
-                for r in results.iter_mut() {
-                    if let Ok(temp) = r {
-                        let _ = fs::remove_file(temp);
-                    }
-                    *r = Err(CasError::Io {
-                        context: err.clone(),
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    });
+        if blobs.len() > SYNCFS_BATCH
+            && let Err(e) = syncfs(&self.tmp_dir)
+        {
+            let err = format!("flushing {} blobs to disk: {e}", blobs.len());
+            for r in results.iter_mut() {
+                if let Ok(temp) = r {
+                    let _ = fs::remove_file(temp);
                 }
+                *r = Err(CasError::Io {
+                    context: err.clone(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                });
             }
         }
         let mut admitted = Vec::new();
@@ -516,9 +518,15 @@ mod tests {
         for (d, b) in digests.iter().zip(&blobs) {
             assert_eq!(&store.get(d).await.expect("get"), b);
         }
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
         let stray = Digest::of(b"truncated blob!");
-        assert_eq!(store.find_missing(&[stray]).await.expect("find"), vec![stray]);
+        assert_eq!(
+            store.find_missing(&[stray]).await.expect("find"),
+            vec![stray]
+        );
         assert_eq!(
             store.stored_bytes(),
             blobs.iter().map(|b| b.len() as u64).sum::<u64>()
@@ -531,13 +539,16 @@ mod tests {
         let store = open(dir.path(), 3000);
         let blob = |i: u8| Bytes::from(vec![i; 1000]);
         let d: Vec<_> = (0..4).map(|i| Digest::of(&blob(i))).collect();
-        for i in 0..3 {
-            store.put(d[i], blob(i as u8)).await.expect("put");
+        for (i, digest) in d.iter().take(3).enumerate() {
+            store.put(*digest, blob(i as u8)).await.expect("put");
         }
         store.get(&d[0]).await.expect("touch the oldest");
         store.put(d[3], blob(3)).await.expect("put");
         assert_eq!(store.find_missing(&d).await.expect("find"), vec![d[1]]);
-        assert!(!store.shared.path_of(&d[1]).exists(), "evicted file removed");
+        assert!(
+            !store.shared.path_of(&d[1]).exists(),
+            "evicted file removed"
+        );
         assert!(store.stored_bytes() <= 3000);
         let err = store
             .put(Digest::of(&[0u8; 3001]), Bytes::from(vec![0u8; 3001]))
@@ -573,7 +584,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path(), 1 << 20);
         let d = Digest::of(b"fragile");
-        store.put(d, Bytes::from_static(b"fragile")).await.expect("put");
+        store
+            .put(d, Bytes::from_static(b"fragile"))
+            .await
+            .expect("put");
         fs::remove_file(store.shared.path_of(&d)).expect("rm");
         assert!(matches!(store.get(&d).await, Err(CasError::NotFound(_))));
         assert_eq!(store.find_missing(&[d]).await.expect("find"), vec![d]);

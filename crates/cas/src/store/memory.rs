@@ -72,7 +72,11 @@ impl BlobStore for MemoryStore {
         if digest.is_empty() {
             return Ok(Bytes::new());
         }
-        let mut blobs = self.shared.inner.lock().expect("memory store lock poisoned");
+        let mut blobs = self
+            .shared
+            .inner
+            .lock()
+            .expect("memory store lock poisoned");
         let data = blobs.lru.get(digest).ok_or(CasError::NotFound(*digest))?;
         Ok(data.slice(start as usize..(start + len) as usize))
     }
@@ -91,7 +95,11 @@ impl BlobStore for MemoryStore {
     }
 
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let mut blobs = self.shared.inner.lock().expect("memory store lock poisoned");
+        let mut blobs = self
+            .shared
+            .inner
+            .lock()
+            .expect("memory store lock poisoned");
         Ok(digests
             .iter()
             .filter(|d| !d.is_empty() && blobs.lru.get(*d).is_none())

@@ -52,7 +52,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Whether the store holds the blob.
     async fn contains(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.find_missing(std::slice::from_ref(digest)).await?.is_empty())
+        Ok(self
+            .find_missing(std::slice::from_ref(digest))
+            .await?
+            .is_empty())
     }
 }
 
@@ -70,11 +73,7 @@ pub trait BlobWriter: Send {
 }
 
 /// Works out which bytes of a blob of `size` a ranged read covers.
-pub(crate) fn clamp_range(
-    digest: &Digest,
-    offset: u64,
-    length: Option<u64>,
-) -> Result<(u64, u64)> {
+pub(crate) fn clamp_range(digest: &Digest, offset: u64, length: Option<u64>) -> Result<(u64, u64)> {
     let size = digest.size();
     if offset > size {
         return Err(CasError::OutOfRange(format!(
