@@ -1,0 +1,5 @@
+#include "lib/greeting.h"
+
+std::string Greeting(const std::string& name) {
+  return "Hello, " + name + "!";
+}
