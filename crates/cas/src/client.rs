@@ -55,6 +55,7 @@ impl CasClient {
         let channel = Endpoint::from_shared(url)
             .map_err(|e| Status::invalid_argument(format!("bad CAS endpoint {endpoint:?}: {e}")))?
             .tcp_nodelay(true)
+            .max_frame_size(crate::server::MAX_FRAME)
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(64 << 20)
             .connect_timeout(Duration::from_secs(10))

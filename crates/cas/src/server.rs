@@ -28,6 +28,9 @@ use crate::store::{BlobStore, DiskStore, MemoryStore};
 /// of big blobs is not throttled by acknowledgements.
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The largest HTTP/2 frame accepted (the protocol's maximum is 16 MiB - 1):
+/// fewer, larger frames cost less per byte of blob.
+pub const MAX_FRAME: u32 = 1 << 20;
 
 /// A blob store and an Action Cache, served together.
 #[derive(Clone)]
@@ -116,6 +119,7 @@ pub async fn serve(
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_routes(routes)

@@ -1,0 +1,310 @@
+//! Checking a `RunRequest` and turning it into a [`CommandSpec`]: everything
+//! the child process needs, already converted to C strings, so that the
+//! child does nothing but system calls.
+
+use std::ffi::CString;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use lazybarn_proto::runner::RunRequest;
+
+use crate::config::Credentials;
+use crate::error::RunError;
+use crate::program::{CommandView, resolve_program};
+
+/// What every command is subject to, from the runner's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandPolicy {
+    /// The user and group commands run as.
+    pub credentials: Credentials,
+    /// Whether commands are chrooted into their input root.
+    pub chroot_into_input_root: bool,
+}
+
+/// A validated command, ready to be started.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// `arguments[0]` as the request gave it, for messages.
+    pub program_name: String,
+    /// The file to execute, as the command sees it.
+    pub program: CString,
+    /// The command line; `arguments[0]` is passed unchanged.
+    pub arguments: Vec<CString>,
+    /// The environment, as `NAME=value` strings.
+    pub environment: Vec<CString>,
+    /// The directory to chroot into, if the policy says so.
+    pub chroot: Option<CString>,
+    /// The working directory, as the command sees it.
+    pub working_directory: CString,
+    /// Where standard output goes; `None` discards it.
+    pub stdout_path: Option<PathBuf>,
+    /// Where standard error goes; `None` discards it.
+    pub stderr_path: Option<PathBuf>,
+    /// How long the command may run; `None` is no limit.
+    pub timeout: Option<Duration>,
+    /// The user and group the command runs as.
+    pub credentials: Credentials,
+}
+
+fn invalid(message: impl Into<String>) -> RunError {
+    RunError::InvalidArgument(message.into())
+}
+
+fn c_string(what: &str, value: impl Into<Vec<u8>>) -> Result<CString, RunError> {
+    CString::new(value).map_err(|_| invalid(format!("{what} contains a NUL byte")))
+}
+
+/// A path from the request that must be absolute and free of `..`, so that
+/// "inside the input root" can be decided from the text alone.
+fn absolute_path(what: &str, value: &str) -> Result<PathBuf, RunError> {
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Err(invalid(format!("{what} {value:?} is not an absolute path")));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(format!("{what} {value:?} contains \"..\"")));
+    }
+    c_string(what, value)?;
+    Ok(path.to_path_buf())
+}
+
+fn output_path(what: &str, value: &str) -> Result<Option<PathBuf>, RunError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    absolute_path(what, value).map(Some)
+}
+
+fn timeout(value: Option<prost_types::Duration>) -> Result<Option<Duration>, RunError> {
+    let Some(value) = value else { return Ok(None) };
+    if value.seconds < 0 || value.nanos < 0 || value.nanos >= 1_000_000_000 {
+        return Err(invalid(format!(
+            "timeout {value:?} is negative or malformed"
+        )));
+    }
+    let duration = Duration::new(value.seconds as u64, value.nanos as u32);
+    Ok((!duration.is_zero()).then_some(duration))
+}
+
+fn environment(request: &RunRequest) -> Result<Vec<CString>, RunError> {
+    request
+        .environment_variables
+        .iter()
+        .map(|var| {
+            if var.name.is_empty() || var.name.contains('=') {
+                return Err(invalid(format!(
+                    "environment variable name {:?} is empty or contains '='",
+                    var.name
+                )));
+            }
+            c_string(
+                &format!("environment variable {:?}", var.name),
+                format!("{}={}", var.name, var.value),
+            )
+        })
+        .collect()
+}
+
+/// The request's `PATH`. If it is defined twice, the first wins, as with
+/// glibc's `getenv` in the command itself.
+fn path_variable(request: &RunRequest) -> Option<&str> {
+    request
+        .environment_variables
+        .iter()
+        .find(|var| var.name == "PATH")
+        .map(|var| var.value.as_str())
+}
+
+fn check_directory(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err("not a directory".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The input root, checked; `None` when the request names none.
+fn input_root(
+    request: &RunRequest,
+    working_directory: &Path,
+    policy: CommandPolicy,
+) -> Result<Option<PathBuf>, RunError> {
+    if request.input_root_directory.is_empty() {
+        if policy.chroot_into_input_root {
+            return Err(invalid(
+                "input_root_directory is required: this runner chroots commands into it",
+            ));
+        }
+        return Ok(None);
+    }
+    let root = absolute_path("input_root_directory", &request.input_root_directory)?;
+    if !working_directory.starts_with(&root) {
+        return Err(invalid(format!(
+            "working_directory {working_directory:?} is not inside input_root_directory {root:?}"
+        )));
+    }
+    check_directory(&root).map_err(|reason| RunError::InputRoot {
+        path: root.clone(),
+        reason,
+    })?;
+    Ok(Some(root))
+}
+
+impl CommandSpec {
+    /// Validates `request` against the filesystem and `policy`. Touches the
+    /// filesystem (which may be a FUSE mount), so call it off the async
+    /// executor.
+    pub fn from_request(request: &RunRequest, policy: CommandPolicy) -> Result<Self, RunError> {
+        let Some(program_name) = request.arguments.first() else {
+            return Err(invalid("arguments is empty: there is no program to run"));
+        };
+        if program_name.is_empty() {
+            return Err(invalid("arguments[0] is empty"));
+        }
+        let arguments = request
+            .arguments
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| c_string(&format!("arguments[{i}]"), arg.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let environment = environment(request)?;
+        let working_directory = absolute_path("working_directory", &request.working_directory)?;
+        let root = input_root(request, &working_directory, policy)?;
+        check_directory(&working_directory).map_err(|reason| RunError::WorkingDirectory {
+            path: working_directory.clone(),
+            reason,
+        })?;
+
+        let chroot = root.as_deref().filter(|_| policy.chroot_into_input_root);
+        let inner_working_directory = match chroot {
+            Some(root) => Path::new("/").join(
+                working_directory
+                    .strip_prefix(root)
+                    .expect("checked to lie inside the input root"),
+            ),
+            None => working_directory.clone(),
+        };
+        let view = CommandView {
+            root: chroot,
+            working_directory: &inner_working_directory,
+        };
+        let program = resolve_program(
+            program_name,
+            path_variable(request),
+            view,
+            policy.credentials,
+        )?;
+
+        Ok(CommandSpec {
+            program_name: program_name.clone(),
+            program: c_string(
+                "program path",
+                program.into_os_string().into_encoded_bytes(),
+            )?,
+            arguments,
+            environment,
+            chroot: chroot
+                .map(|root| c_string("input_root_directory", root.as_os_str().as_encoded_bytes()))
+                .transpose()?,
+            working_directory: c_string(
+                "working_directory",
+                inner_working_directory
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )?,
+            stdout_path: output_path("stdout_path", &request.stdout_path)?,
+            stderr_path: output_path("stderr_path", &request.stderr_path)?,
+            timeout: timeout(request.timeout)?,
+            credentials: policy.credentials,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazybarn_proto::runner::EnvironmentVariable;
+
+    const POLICY: CommandPolicy = CommandPolicy {
+        credentials: Credentials {
+            uid: 65534,
+            gid: 65534,
+        },
+        chroot_into_input_root: false,
+    };
+
+    fn request(arguments: &[&str]) -> RunRequest {
+        RunRequest {
+            arguments: arguments.iter().map(|a| a.to_string()).collect(),
+            working_directory: "/tmp".to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn code(request: &RunRequest, policy: CommandPolicy) -> tonic::Code {
+        CommandSpec::from_request(request, policy)
+            .expect_err("request must be refused")
+            .code()
+    }
+
+    #[test]
+    fn malformed_requests_are_invalid_arguments() {
+        use tonic::Code::InvalidArgument;
+        assert_eq!(code(&request(&[]), POLICY), InvalidArgument);
+        assert_eq!(code(&request(&[""]), POLICY), InvalidArgument);
+        assert_eq!(code(&request(&["sh", "a\0b"]), POLICY), InvalidArgument);
+        let mut req = request(&["sh"]);
+        req.working_directory = "tmp".to_string();
+        assert_eq!(code(&req, POLICY), InvalidArgument);
+        let mut req = request(&["sh"]);
+        req.working_directory = "/tmp/../etc".to_string();
+        assert_eq!(code(&req, POLICY), InvalidArgument);
+        let mut req = request(&["sh"]);
+        req.input_root_directory = "/usr".to_string();
+        assert_eq!(code(&req, POLICY), InvalidArgument);
+        let mut req = request(&["sh"]);
+        req.environment_variables.push(EnvironmentVariable {
+            name: "A=B".to_string(),
+            value: String::new(),
+        });
+        assert_eq!(code(&req, POLICY), InvalidArgument);
+        let mut req = request(&["sh"]);
+        req.timeout = Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        assert_eq!(code(&req, POLICY), InvalidArgument);
+        let chroot = CommandPolicy {
+            chroot_into_input_root: true,
+            ..POLICY
+        };
+        assert_eq!(code(&request(&["sh"]), chroot), InvalidArgument);
+    }
+
+    #[test]
+    fn chroot_maps_the_working_directory_inside_the_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("work/sub")).expect("mkdir");
+        std::fs::create_dir_all(root.path().join("bin")).expect("mkdir");
+        std::fs::copy("/bin/true", root.path().join("bin/true")).expect("copy true");
+        let mut req = request(&["true"]);
+        req.input_root_directory = root.path().display().to_string();
+        req.working_directory = root.path().join("work/sub").display().to_string();
+        req.environment_variables.push(EnvironmentVariable {
+            name: "PATH".to_string(),
+            value: "/bin".to_string(),
+        });
+        let policy = CommandPolicy {
+            chroot_into_input_root: true,
+            ..POLICY
+        };
+        let spec = CommandSpec::from_request(&req, policy).expect("valid");
+        assert_eq!(spec.working_directory.to_bytes(), b"/work/sub");
+        assert_eq!(spec.program.to_bytes(), b"/bin/true");
+        assert_eq!(
+            spec.chroot.as_ref().map(|c| c.to_bytes()),
+            Some(root.path().as_os_str().as_encoded_bytes())
+        );
+        assert_eq!(spec.timeout, None);
+    }
+}

@@ -1,0 +1,218 @@
+//! Starting a command on Linux: its output files, its pipes, and the
+//! dedicated thread that clones its process tree.
+//!
+//! Every command gets a process tree of its own:
+//!
+//! ```text
+//! runner ──clone(CLONE_NEWPID)──▶ init: pid 1 of a new PID namespace, stays root,
+//!                                  │     blocks all signals, reaps orphans
+//!                                  └─clone──▶ command: pid 2, own session, chdir,
+//!                                             drops to the configured uid/gid, execve
+//! ```
+//!
+//! **Why a PID namespace.** When the init of a PID namespace dies, the kernel
+//! SIGKILLs every other process in it and waits for them to be gone before
+//! init can be reaped. A daemon that double-forks and calls `setsid` is still
+//! in the namespace, and leaving it needs `CAP_SYS_ADMIN`, which the command
+//! does not have. So killing init kills the whole tree, and once
+//! [`ProcessTree::wait`](crate::process_tree::ProcessTree::wait) has reaped
+//! init, nothing of the command is alive. This needs no cgroup, so it works
+//! on cgroup v1, hybrid and v2 hosts alike. When the command itself exits,
+//! init exits too, so background processes it left behind die with it.
+//!
+//! **Why our own init.** Pid 1 of a namespace ignores every signal it has no
+//! handler for, even ones it sends itself; the command as pid 1 would survive
+//! `kill $$` or `raise(SIGABRT)`. As pid 2 it behaves as it would anywhere.
+//! Init passes the command's wait status to the runner through a pipe.
+//!
+//! **Why a dedicated thread clones.** Init asks to be SIGKILLed when its
+//! parent dies (`PR_SET_PDEATHSIG`), so that commands do not outlive a
+//! crashed runner. The kernel ties that to the parent *thread*, and tokio's
+//! blocking threads come and go; the spawner thread lives as long as the
+//! runner.
+//!
+//! What runs in the children, and why that is safe in a multi-threaded
+//! process, is in [`child_linux`](crate::child_linux).
+
+use std::ffi::{CString, c_char, c_int};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::ptr;
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use crate::child_linux::{ChildPlan, FIRST_FREE_FD, SpawnReply, clone_process_tree};
+use crate::error::RunError;
+use crate::process_tree::{ProcessTree, kill_and_reap};
+use crate::request::CommandSpec;
+
+/// Starts `spec`'s command in a process tree of its own and returns the
+/// handle that waits for it and kills it. The tree is killed when the handle
+/// is dropped, so a caller that goes away leaves nothing behind.
+///
+/// Blocks on the filesystem (it opens the output files) and on the spawner
+/// thread: call it off the async executor.
+pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
+    let stdin = open_null(false)?;
+    let stdout = open_output(spec.stdout_path.as_deref())?;
+    let stderr = if spec.stderr_path == spec.stdout_path && spec.stdout_path.is_some() {
+        // One open file shared by both streams keeps their writes in order.
+        stdout.try_clone().map_err(|source| RunError::OutputFile {
+            path: spec.stderr_path.clone().unwrap_or_default(),
+            source,
+        })?
+    } else {
+        open_output(spec.stderr_path.as_deref())?
+    };
+    let (status_read, status_write) = pipe()?;
+    let (errors_read, errors_write) = pipe()?;
+
+    let child_fds = [
+        above_child_fds(stdin.into())?,
+        above_child_fds(stdout.into())?,
+        above_child_fds(stderr.into())?,
+        above_child_fds(status_write)?,
+        above_child_fds(errors_write)?,
+    ];
+    let argv = null_terminated(&spec.arguments);
+    let envp = null_terminated(&spec.environment);
+    let plan = ChildPlan {
+        stdin: child_fds[0].as_raw_fd(),
+        stdout: child_fds[1].as_raw_fd(),
+        stderr: child_fds[2].as_raw_fd(),
+        status: child_fds[3].as_raw_fd(),
+        errors: child_fds[4].as_raw_fd(),
+        chroot: spec.chroot.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
+        working_directory: spec.working_directory.as_ptr(),
+        program: spec.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        uid: spec.credentials.uid,
+        gid: spec.credentials.gid,
+    };
+    let (pid, pidfd) = clone_on_spawner_thread(plan).map_err(|source| RunError::Process {
+        action: "create the command's process",
+        source,
+    })?;
+    // The children hold their own copies of the descriptors; the runner's
+    // are closed when `child_fds` goes out of scope, so that only the
+    // children can write to the pipes.
+    drop(child_fds);
+    Ok(ProcessTree::new(
+        pid,
+        pidfd,
+        File::from(status_read),
+        File::from(errors_read),
+    ))
+}
+
+fn open_null(write: bool) -> Result<File, RunError> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")
+        .map_err(|source| RunError::Process {
+            action: "open /dev/null",
+            source,
+        })
+}
+
+fn open_output(path: Option<&Path>) -> Result<File, RunError> {
+    let Some(path) = path else {
+        return open_null(true);
+    };
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(|source| RunError::OutputFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
+    let mut fds = [0 as c_int; 2];
+    // Non-blocking: the runner reads after the writers are gone, and the
+    // children write a few bytes into an empty pipe.
+    // SAFETY: `fds` is a valid array of two ints.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if ret != 0 {
+        return Err(RunError::Process {
+            action: "create a pipe",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Moves `fd` to a number at or above [`FIRST_FREE_FD`] if it is below.
+fn above_child_fds(fd: OwnedFd) -> Result<OwnedFd, RunError> {
+    if fd.as_raw_fd() >= FIRST_FREE_FD {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on a descriptor we own; the result is a new descriptor.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD) };
+    if moved < 0 {
+        return Err(RunError::Process {
+            action: "duplicate a descriptor",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fcntl returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect()
+}
+
+struct SpawnJob {
+    plan: ChildPlan,
+    reply: mpsc::SyncSender<SpawnReply>,
+}
+
+fn start_spawner() -> io::Result<mpsc::Sender<SpawnJob>> {
+    let (sender, jobs) = mpsc::channel::<SpawnJob>();
+    std::thread::Builder::new()
+        .name("lazybarn-spawner".to_string())
+        .spawn(move || {
+            for job in jobs {
+                // SAFETY: the plan's memory is kept alive by the sender,
+                // which blocks until it receives the reply.
+                let result = unsafe { clone_process_tree(&job.plan) };
+                if let Err(mpsc::SendError(Ok((pid, pidfd)))) = job.reply.send(result) {
+                    kill_and_reap(pid, pidfd);
+                }
+            }
+        })?;
+    Ok(sender)
+}
+
+fn clone_on_spawner_thread(plan: ChildPlan) -> SpawnReply {
+    static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
+    let gone = || io::Error::other("the spawner thread is gone");
+    let (reply, result) = mpsc::sync_channel(1);
+    {
+        let mut spawner = SPAWNER.lock().map_err(|_| gone())?;
+        let sender = match spawner.as_ref() {
+            Some(sender) => sender,
+            None => spawner.insert(start_spawner()?),
+        };
+        if sender.send(SpawnJob { plan, reply }).is_err() {
+            *spawner = None;
+            return Err(gone());
+        }
+    }
+    result.recv().map_err(|_| gone())?
+}
