@@ -12,15 +12,16 @@
 //!
 //! Environment: LAZYBARN_BENCH_BYTES (default 1 GiB), LAZYBARN_BENCH_RUNS
 //! (default 3), LAZYBARN_BENCH_DIR (default target/bench-cas, same disk as
-//! the build).
+//! the build), LAZYBARN_BENCH_BLOB_SIZES (default "1048576,4096").
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use lazybarn_cas::server::{self, Storage};
 use lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES;
-use lazybarn_cas::{CasClient, Digest};
+use lazybarn_cas::{BlobStore, CasClient, Digest, DiskStore};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -119,6 +120,7 @@ async fn start_server(dir: &Path) -> (CasClient, Storage) {
 struct SizeResult {
     label: String,
     upload: Duration,
+    direct: Duration,
     download: Duration,
     cp: Duration,
     cp_sync: Duration,
@@ -131,6 +133,7 @@ async fn bench_size(base: &Path, total: u64, blob_size: usize, runs: u64) -> Siz
     let src = fresh_dir(base, "cp-src");
     write_files(&src, &blobs);
     let (mut up, mut down, mut cp, mut cp_sync) = (vec![], vec![], vec![], vec![]);
+    let mut direct = vec![];
     for run in 0..runs {
         let dir = fresh_dir(base, &format!("store-{run}"));
         let (client, _storage) = start_server(&dir).await;
@@ -138,6 +141,11 @@ async fn bench_size(base: &Path, total: u64, blob_size: usize, runs: u64) -> Siz
         let start = Instant::now();
         client.upload(blobs.clone()).await.expect("upload");
         up.push(start.elapsed());
+
+        let store_dir = fresh_dir(base, &format!("direct-{run}"));
+        sync();
+        direct.push(put_directly(&store_dir, &blobs).await);
+        let _ = std::fs::remove_dir_all(&store_dir);
 
         let start = Instant::now();
         let read = client.download_batch(&digests).await.expect("download");
@@ -154,10 +162,27 @@ async fn bench_size(base: &Path, total: u64, blob_size: usize, runs: u64) -> Siz
     SizeResult {
         label: format!("{count} x {}", human(blob_size as u64)),
         upload: median(up),
+        direct: median(direct),
         download: median(down),
         cp: median(cp),
         cp_sync: median(cp_sync),
     }
+}
+
+/// The same blobs put straight into a DiskStore, batched and in parallel
+/// as the client would send them, with no gRPC: what the disk path costs.
+async fn put_directly(dir: &Path, blobs: &[(Digest, Bytes)]) -> Duration {
+    let store = DiskStore::open(dir, 64 << 30).expect("open store");
+    let per_batch = (DEFAULT_MAX_BATCH_BYTES / (blobs[0].1.len() + 256)).max(1);
+    let start = Instant::now();
+    let results: Vec<Vec<_>> = futures::stream::iter(blobs.chunks(per_batch))
+        .map(|batch| store.put_batch(batch.to_vec()))
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    assert!(results.iter().flatten().all(|r| r.is_ok()));
+    elapsed
 }
 
 async fn bench_find_missing(base: &Path, runs: usize) -> (Duration, Duration) {
@@ -204,22 +229,37 @@ async fn main() {
         base.display()
     );
     println!(
-        "{:<18} {:>12} {:>12} {:>12} {:>14} {:>10} {:>10}",
-        "blobs", "upload MiB/s", "download", "cp -r", "cp -r + sync", "up/cp", "down/cp"
+        "{:<18} {:>12} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8} {:>10}",
+        "blobs",
+        "upload MiB/s",
+        "download",
+        "store only",
+        "cp -r",
+        "cp -r + sync",
+        "up/cp",
+        "down/cp",
+        "store/cp"
     );
-    for blob_size in [1 << 20, 4 << 10] {
+    let sizes =
+        std::env::var("LAZYBARN_BENCH_BLOB_SIZES").unwrap_or_else(|_| "1048576,4096".into());
+    for blob_size in sizes
+        .split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+    {
         let r = bench_size(&base, total, blob_size, runs).await;
-        let (u, d, c, cs) = (
+        let (u, d, s, c, cs) = (
             mib_per_s(total, r.upload),
             mib_per_s(total, r.download),
+            mib_per_s(total, r.direct),
             mib_per_s(total, r.cp),
             mib_per_s(total, r.cp_sync),
         );
         println!(
-            "{:<18} {u:>12.0} {d:>12.0} {c:>12.0} {cs:>14.0} {:>10.2} {:>10.2}",
+            "{:<18} {u:>12.0} {d:>12.0} {s:>12.0} {c:>12.0} {cs:>14.0} {:>8.2} {:>8.2} {:>10.2}",
             r.label,
             u / c,
-            d / c
+            d / c,
+            s / c
         );
     }
     let (median, p90) = bench_find_missing(&base, 50).await;
