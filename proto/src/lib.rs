@@ -7,6 +7,8 @@
 //!   Bazel packages REAPI depends on.
 //! - [`runner`]: the runner protocol (`lazybarn.runner.v1`), with which a
 //!   worker asks a runner to execute one command.
+//! - [`worker`]: the worker protocol (`lazybarn.worker.v1`), with which a
+//!   worker registers with the scheduler, takes actions and reports results.
 //!
 //! Every `bytes` field is a [`bytes::Bytes`], so blob payloads move between
 //! the network and the stores without copies.
@@ -23,3 +25,4 @@ pub use generated::google::bytestream;
 pub use generated::google::longrunning;
 pub use generated::google::rpc;
 pub use generated::lazybarn::runner::v1 as runner;
+pub use generated::lazybarn::worker::v1 as worker;

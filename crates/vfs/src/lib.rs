@@ -1,2 +1,47 @@
-//! The FUSE filesystem that shows an action's input root lazily. Not built yet
-//! (issue 3); this crate is a placeholder in the workspace.
+//! Lazybarn's FUSE filesystem: an action's input root appears at once, and
+//! a file's bytes are fetched from the CAS the first time it is opened.
+//!
+//! How the pieces fit:
+//! - [`Mount`] mounts one input root (by its root Directory digest) and is
+//!   the worker's handle on it: counters, failures, output capture, unmount.
+//!   [`clean_stale_mounts`] removes mounts a crashed worker left.
+//! - [`BlobCache`] is the worker's on-disk cache of file blobs, shared by
+//!   every mount: bounded, LRU, pinned while in use, verified on arrival.
+//! - [`BlobSource`] is where blobs come from; [`CasBlobSource`] reads any
+//!   REAPI CAS through `lazybarn_cas::CasClient`.
+//! - Inside a mount, the node table (`node`) holds every inode; input
+//!   directories are filled from their Directory message on first use
+//!   (`input_tree`); requests are served by `fs` over `core`, split into
+//!   reads (`ops_read`) and changes (`ops_write`); open files live in
+//!   `handles`; outputs are captured by walking the table (`capture`).
+//!
+//! Input files are immutable for every caller, root included; everything
+//! else (directories, new files) is writable, backed by a per-mount scratch
+//! directory. No FUSE request thread ever waits on the network: requests
+//! that need a fetch are answered from a tokio task.
+
+mod blob_cache;
+mod capture;
+mod core;
+mod error;
+mod fs;
+mod handles;
+mod input_tree;
+pub mod metrics;
+mod mount;
+mod node;
+mod ops_read;
+mod ops_write;
+mod source;
+mod sys_linux;
+#[cfg(test)]
+mod testing;
+
+pub use blob_cache::{BlobCache, Obtained};
+pub use capture::{BlobLocation, CapturedFile, CapturedOutput};
+pub use core::FetchFailure;
+pub use error::{Result, VfsError};
+pub use input_tree::INPUT_MTIME;
+pub use metrics::{MountCounters, MountStats};
+pub use mount::{FS_NAME, Mount, MountConfig, clean_stale_mounts};
+pub use source::{BlobSource, CasBlobSource};

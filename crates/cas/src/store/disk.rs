@@ -325,11 +325,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl BlobStore for DiskStore {
     async fn get_range(&self, digest: &Digest, offset: u64, length: Option<u64>) -> Result<Bytes> {
         let (start, len) = clamp_range(digest, offset, length)?;
-        if digest.is_empty() || len == 0 && self.shared.touch(digest) {
-            return Ok(Bytes::new());
-        }
         if !self.shared.touch(digest) {
             return Err(CasError::NotFound(*digest));
+        }
+        if len == 0 {
+            return Ok(Bytes::new());
         }
         let shared = self.shared.clone();
         let digest = *digest;
