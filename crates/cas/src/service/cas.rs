@@ -149,8 +149,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         let digests = parse_digests(&request.digests)?;
         let total = digests.iter().map(Digest::size).sum();
         self.check_batch_size(total, "BatchReadBlobs request")?;
-        let reads = digests.iter().map(|d| self.store.get(d));
-        let results = futures::future::join_all(reads).await;
+        let results = self.store.get_batch(&digests).await;
         let responses = digests
             .into_iter()
             .zip(results)

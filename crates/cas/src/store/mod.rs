@@ -42,6 +42,12 @@ pub trait BlobStore: Send + Sync + 'static {
         self.get_range(digest, 0, None).await
     }
 
+    /// Reads several whole blobs; one result per digest, in order. Stores
+    /// override this to do the work in one batch.
+    async fn get_batch(&self, digests: &[Digest]) -> Vec<Result<Bytes>> {
+        futures::future::join_all(digests.iter().map(|d| self.get(d))).await
+    }
+
     /// Stores one blob after verifying it.
     async fn put(&self, digest: Digest, data: Bytes) -> Result<()> {
         self.put_batch(vec![(digest, data)])
@@ -123,6 +129,11 @@ pub(crate) mod conformance {
         assert_eq!(store.get_range(&d, 11, None).await.expect("at end"), "");
         let err = store.get_range(&d, 12, None).await.expect_err("past end");
         assert!(matches!(err, CasError::OutOfRange(_)), "{err}");
+        let (missing, _) = blob("not stored");
+        let batch = store.get_batch(&[d, missing, Digest::EMPTY]).await;
+        assert_eq!(batch[0].as_ref().expect("present"), &data);
+        assert!(matches!(batch[1], Err(CasError::NotFound(x)) if x == missing));
+        assert!(batch[2].as_ref().expect("empty blob").is_empty());
     }
 
     pub async fn empty_blob_always_present(store: &dyn BlobStore) {
