@@ -16,6 +16,7 @@ use lazybarn_proto::reapi::content_addressable_storage_server::ContentAddressabl
 use tokio::net::TcpListener;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::action_cache::{ActionCache, DiskActionCache, MemoryActionCache};
 use crate::error::Result;
@@ -109,18 +110,21 @@ impl Storage {
     }
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves.
+/// Serves `routes` on `listener` until `shutdown` resolves. The scheduler
+/// and `lazybarn up` serve their services through this too.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     shutdown: impl Future<Output = ()>,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic applies `Server::tcp_nodelay` only to listeners it binds
+    // itself; without TCP_NODELAY on each accepted socket, every small
+    // response waits for the peer's delayed ACK (about 40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

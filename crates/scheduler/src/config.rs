@@ -1,0 +1,248 @@
+//! Configuration: [`SchedulerConfig`] for scheduling behaviour, and
+//! [`ServerConfig`], the TOML document the `lazybarn-scheduler` binary reads.
+//!
+//! The doc comments here are the configuration's documentation. Unknown keys
+//! are errors. Durations are written the humantime way: `"30s"`, `"15m"`,
+//! `"500ms"`. A complete example:
+//!
+//! ```toml
+//! listen = "127.0.0.1:8980"
+//! worker_listen = "127.0.0.1:8982"   # optional; default: on `listen`
+//! http_listen = "127.0.0.1:8981"
+//!
+//! [storage]
+//! data_dir = "/var/lib/lazybarn"     # optional; default: in memory
+//! max_size_bytes = 10737418240
+//!
+//! [scheduler]
+//! default_timeout = "15m"
+//! max_timeout = "2h"
+//! lease_duration = "30s"
+//! max_retries = 2
+//! ignored_platform_properties = ["dockerNetwork"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the scheduler schedules: timeouts, leases, retries, platform matching.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// The timeout of an action that sets none. Recommended: `"15m"`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// The longest timeout an action may ask for; Execute rejects a longer one
+    /// with INVALID_ARGUMENT, as REAPI requires. Recommended: `"2h"`, above
+    /// Bazel's "eternal" test timeout of one hour.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// A worker (or one of its executions) not heard from for this long is
+    /// lost: its actions go back to the queue. Recommended: `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// The longest a worker's PollWork call is held open before it is
+    /// answered empty. Keep it below any proxy's idle timeout. Recommended:
+    /// `"20s"`.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// How many times an action lost with its worker is queued again before
+    /// it fails with UNAVAILABLE. Recommended: `2` (three attempts in all).
+    pub max_retries: u32,
+    /// A queued action none of whose clients has been connected for this long
+    /// is dropped. Recommended: `"1m"`.
+    #[serde(with = "humantime_serde")]
+    pub client_gone_timeout: Duration,
+    /// Queued actions whose platform no registered worker has satisfied for
+    /// this long fail with FAILED_PRECONDITION naming the platform.
+    /// Recommended: `"5m"`, time enough for workers to start.
+    #[serde(with = "humantime_serde")]
+    pub no_worker_timeout: Duration,
+    /// How long a finished operation stays known to WaitExecution and
+    /// GetOperation. Recommended: `"1m"`.
+    #[serde(with = "humantime_serde")]
+    pub completed_retention: Duration,
+    /// While nothing changes, an Execute or WaitExecution stream repeats the
+    /// operation's state this often, so that idle-stream timeouts in clients
+    /// and proxies do not cut it. Recommended: `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Platform property names that take no part in matching actions to
+    /// workers (they still travel to the worker). Empty by default.
+    pub ignored_platform_properties: Vec<String>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            default_timeout: Duration::from_secs(15 * 60),
+            max_timeout: Duration::from_secs(2 * 3600),
+            lease_duration: Duration::from_secs(30),
+            poll_timeout: Duration::from_secs(20),
+            max_retries: 2,
+            client_gone_timeout: Duration::from_secs(60),
+            no_worker_timeout: Duration::from_secs(5 * 60),
+            completed_retention: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            ignored_platform_properties: Vec::new(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// How often ReportProgress should come: a quarter of the lease, so that
+    /// a lost call or two does not cost it.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease_duration / 4
+    }
+
+    /// How often leases, absent clients and worker-less platforms are
+    /// checked: often enough that each timeout fires within a quarter of its
+    /// length, and at least every second.
+    pub fn sweep_interval(&self) -> Duration {
+        let shortest = self
+            .lease_duration
+            .min(self.client_gone_timeout)
+            .min(self.no_worker_timeout)
+            .min(self.completed_retention);
+        (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Rejects values that cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_timeout > self.max_timeout {
+            return Err(format!(
+                "default_timeout ({:?}) is above max_timeout ({:?})",
+                self.default_timeout, self.max_timeout
+            ));
+        }
+        if self.lease_duration.is_zero() || self.poll_timeout.is_zero() {
+            return Err("lease_duration and poll_timeout must be above zero".to_string());
+        }
+        if self.keepalive_interval.is_zero() {
+            return Err("keepalive_interval must be above zero".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Where the embedded CAS and Action Cache keep their data.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for blobs (`cas/`) and Action Cache entries (`ac/`). Unset:
+    /// everything is kept in memory and lost at exit.
+    pub data_dir: Option<PathBuf>,
+    /// Most bytes of blobs kept; least recently used blobs are evicted above
+    /// it. Recommended: most of the disk. Default: 10 GiB.
+    pub max_size_bytes: u64,
+    /// Largest sum of blob sizes in one batch call, advertised in
+    /// Capabilities. Default: 4 MiB.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: None,
+            max_size_bytes: 10 << 30,
+            max_batch_bytes: lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES,
+        }
+    }
+}
+
+/// The `lazybarn-scheduler` binary's configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC address for clients: Execution, Operations, Capabilities, CAS,
+    /// ByteStream and Action Cache. Default: `127.0.0.1:8980`.
+    pub listen: SocketAddr,
+    /// gRPC address for the worker protocol. Unset: served on `listen` too.
+    /// Set it to keep workers' traffic off the clients' port, or to expose
+    /// the worker protocol on a private network only.
+    pub worker_listen: Option<SocketAddr>,
+    /// HTTP address of the status page (`/`, `/api/status`) and Prometheus
+    /// metrics (`/metrics`). Default: `127.0.0.1:8981`; port 0 picks a
+    /// free port.
+    pub http_listen: SocketAddr,
+    /// The embedded storage.
+    pub storage: StorageConfig,
+    /// Scheduling behaviour.
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
+            worker_listen: None,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8981)),
+            storage: StorageConfig::default(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Parses a TOML document; an unknown key is an error that names it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: ServerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.scheduler.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("in {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = r#"
+            listen = "127.0.0.1:8980"
+            worker_listen = "127.0.0.1:8982"
+            http_listen = "127.0.0.1:8981"
+            [storage]
+            data_dir = "/var/lib/lazybarn"
+            max_size_bytes = 10737418240
+            [scheduler]
+            default_timeout = "15m"
+            max_timeout = "2h"
+            lease_duration = "500ms"
+            max_retries = 2
+            ignored_platform_properties = ["dockerNetwork"]
+        "#;
+        let config = ServerConfig::parse(text).expect("valid");
+        assert_eq!(config.scheduler.lease_duration, Duration::from_millis(500));
+        assert_eq!(config.scheduler.max_timeout, Duration::from_secs(7200));
+        assert_eq!(
+            config.worker_listen,
+            Some("127.0.0.1:8982".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_them() {
+        let err = ServerConfig::parse("[scheduler]\nlease = \"1s\"\n").expect_err("unknown");
+        assert!(err.contains("lease"), "{err}");
+        let err = ServerConfig::parse("listne = \"127.0.0.1:1\"\n").expect_err("unknown");
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn default_above_max_is_rejected() {
+        let err = ServerConfig::parse("[scheduler]\ndefault_timeout = \"3h\"\n").expect_err("bad");
+        assert!(err.contains("max_timeout"), "{err}");
+    }
+}

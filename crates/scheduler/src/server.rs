@@ -1,0 +1,177 @@
+//! Wiring: the gRPC routes of the scheduler, and [`run`], which serves the
+//! storage, the scheduler, the worker protocol and the status page as the
+//! configuration says. `lazybarn up` uses the same pieces.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use lazybarn_cas::CasError;
+use lazybarn_cas::server::Storage;
+/// Serves routes with the storage server's HTTP/2 settings and TCP_NODELAY.
+pub use lazybarn_cas::server::serve;
+use lazybarn_proto::longrunning::operations_server::OperationsServer;
+use lazybarn_proto::reapi::execution_server::ExecutionServer;
+use lazybarn_proto::worker::scheduler_server::SchedulerServer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::RoutesBuilder;
+
+use crate::config::ServerConfig;
+use crate::execution_service::ExecutionService;
+use crate::operations_service::OperationsService;
+use crate::scheduler::Scheduler;
+use crate::status;
+use crate::worker_service::WorkerService;
+
+/// The largest worker-protocol message: an ExecuteResponse may inline
+/// stdout, stderr and small outputs.
+const WORKER_MESSAGE_LIMIT: usize = 64 << 20;
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The embedded storage could not be opened.
+    #[error("opening storage: {0}")]
+    Storage(#[from] CasError),
+    /// A listening socket could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A gRPC server failed.
+    #[error("serving gRPC: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("serving HTTP: {0}")]
+    Http(std::io::Error),
+}
+
+/// Adds the client-facing Execution and Operations services to `routes`.
+pub fn add_services(scheduler: &Scheduler, routes: &mut RoutesBuilder) {
+    routes
+        .add_service(ExecutionServer::new(ExecutionService::new(
+            scheduler.clone(),
+        )))
+        .add_service(OperationsServer::new(OperationsService::new(
+            scheduler.clone(),
+        )));
+}
+
+/// Adds the worker protocol service to `routes`.
+pub fn add_worker_service(scheduler: &Scheduler, routes: &mut RoutesBuilder) {
+    routes.add_service(
+        SchedulerServer::new(WorkerService::new(scheduler.clone()))
+            .max_decoding_message_size(WORKER_MESSAGE_LIMIT)
+            .max_encoding_message_size(WORKER_MESSAGE_LIMIT),
+    );
+}
+
+/// The bound sockets of a scheduler process.
+pub struct Listeners {
+    /// Clients' gRPC port.
+    pub grpc: TcpListener,
+    /// The worker protocol's own port, if configured.
+    pub worker: Option<TcpListener>,
+    /// The status page's port.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds every address the configuration names.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
+        let worker = match config.worker_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            grpc: bind(config.listen).await?,
+            worker,
+            http: bind(config.http_listen).await?,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves storage, scheduler, worker protocol and status page until
+/// `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    listeners: Listeners,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let storage = match &config.storage.data_dir {
+        Some(dir) => Storage::open(
+            dir,
+            config.storage.max_size_bytes,
+            config.storage.max_batch_bytes,
+        )?,
+        None => Storage::in_memory(
+            config.storage.max_size_bytes,
+            config.storage.max_batch_bytes,
+        ),
+    };
+    let scheduler = Scheduler::new(
+        storage.store.clone(),
+        storage.action_cache.clone(),
+        config.scheduler.clone(),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let on_stop = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut routes = RoutesBuilder::default();
+    storage.add_services(&mut routes, true);
+    add_services(&scheduler, &mut routes);
+    let worker_server = match listeners.worker {
+        Some(listener) => {
+            let mut worker_routes = RoutesBuilder::default();
+            add_worker_service(&scheduler, &mut worker_routes);
+            Some(serve(listener, worker_routes.routes(), on_stop()))
+        }
+        None => {
+            add_worker_service(&scheduler, &mut routes);
+            None
+        }
+    };
+    let grpc = async {
+        serve(listeners.grpc, routes.routes(), on_stop())
+            .await
+            .map_err(ServerError::Grpc)
+    };
+    let workers = async {
+        match worker_server {
+            Some(server) => server.await.map_err(ServerError::Grpc),
+            None => Ok(()),
+        }
+    };
+    let router = status::router(scheduler.clone(), metrics);
+    let http = async {
+        status::serve(listeners.http, router, on_stop())
+            .await
+            .map_err(ServerError::Http)
+    };
+    let servers = async { tokio::try_join!(grpc, workers, http).map(|_| ()) };
+    tokio::pin!(servers);
+    tokio::select! {
+        result = &mut servers => return result,
+        () = shutdown => {}
+    }
+    // Stop accepting; end streams and polls so the calls in progress finish.
+    let _ = stop.send(true);
+    scheduler.stop();
+    servers.await
+}
