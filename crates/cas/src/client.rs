@@ -94,6 +94,13 @@ impl CasClient {
         }
     }
 
+    /// The same connection, addressing another instance name.
+    pub fn for_instance(&self, instance: &str) -> Self {
+        let mut client = self.clone();
+        client.instance = instance.to_string();
+        client
+    }
+
     /// Replaces the retry policy (tests use a short one).
     pub fn with_retry(mut self, retry: ExponentialBuilder) -> Self {
         self.retry = retry;

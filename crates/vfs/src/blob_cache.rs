@@ -295,6 +295,7 @@ impl BlobCache {
                     what: "file",
                     digest,
                     message: format!("{:?}: {}", status.code(), status.message()),
+                    code: status.code(),
                 })?;
         }
         let path = self.path(&digest);

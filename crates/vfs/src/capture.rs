@@ -319,10 +319,12 @@ pub(crate) fn unshare(error: Arc<VfsError>) -> VfsError {
             what,
             digest,
             message,
+            code,
         } => VfsError::Fetch {
             what,
             digest: *digest,
             message: message.clone(),
+            code: *code,
         },
         VfsError::Corrupt { digest, actual } => VfsError::Corrupt {
             digest: *digest,

@@ -43,6 +43,8 @@ pub struct FetchFailure {
     pub digest: Digest,
     /// The error, with the CAS's status.
     pub message: String,
+    /// Whether the CAS answered NOT_FOUND: the client must upload it again.
+    pub missing: bool,
 }
 
 /// The state of one mount.
@@ -105,6 +107,7 @@ impl VfsCore {
         self.failures.lock().push(FetchFailure {
             digest,
             message: error.to_string(),
+            missing: error.missing_blob().is_some(),
         });
     }
 
@@ -160,6 +163,7 @@ impl VfsCore {
                 what: "directory",
                 digest,
                 message: format!("{:?}: {}", status.code(), status.message()),
+                code: status.code(),
             })?;
         let directory = input_tree::decode_directory(digest, &bytes)?;
         input_tree::load_children(&mut self.table.lock(), ino, digest, &directory, self.owner)?;

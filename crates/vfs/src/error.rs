@@ -18,6 +18,8 @@ pub enum VfsError {
         digest: Digest,
         /// The CAS's answer, with its status code.
         message: String,
+        /// The CAS's status code (NOT_FOUND: the blob is missing).
+        code: tonic::Code,
     },
     /// A fetched blob whose bytes do not hash to its digest; never served.
     #[error("blob {digest} arrived corrupt: its bytes hash to {actual}")]
@@ -65,6 +67,22 @@ impl VfsError {
     /// CAS or the input root caused, so a reader never mistakes a fetch
     /// failure for a missing file.
     pub fn errno(&self) -> Errno {
+        self.errno_inner()
+    }
+
+    /// The digest of the blob the CAS did not have, when that is the error.
+    pub fn missing_blob(&self) -> Option<Digest> {
+        match self {
+            VfsError::Fetch {
+                digest,
+                code: tonic::Code::NotFound,
+                ..
+            } => Some(*digest),
+            _ => None,
+        }
+    }
+
+    fn errno_inner(&self) -> Errno {
         match self {
             VfsError::Io { source, .. } => source
                 .raw_os_error()

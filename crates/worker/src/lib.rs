@@ -1,16 +1,28 @@
 //! The worker: takes actions from the scheduler, prepares each one's
 //! directory, has the runner execute it, and uploads what it produced.
 //!
-//! Each stage of an action is a module of its own:
-//! - [`paths`]: checks the relative paths an action names (outputs, working
-//!   directory) before any of them touches the disk;
-//! - [`outputs`]: captures the declared outputs of a plain (native) action
-//!   directory as REAPI messages plus the blobs to upload;
-//! - [`upload`]: sends the blobs the CAS lacks, batched.
-//!
-//! Taking work, preparing inputs (virtual or native), calling the runner and
-//! reporting are being built (issue 6).
+//! [`run`] is the whole worker process ([`daemon`]). Each stage of an action
+//! is a module of its own:
+//! - [`build_dir`]: the action's directory, mounted with the vfs (virtual
+//!   mode) or laid out by [`native`] (native mode), and its output capture;
+//! - [`runner`]: the connection to the runner, which executes the command;
+//! - [`outputs`]: output capture from a plain directory, and the rules for
+//!   declared outputs shared by both modes;
+//! - [`upload`]: sends the blobs the CAS lacks, batched;
+//! - [`action`]: the stages in order, timed, into an ExecuteResponse;
+//! - [`paths`]: checks the relative paths an action names before any of
+//!   them touches the disk;
+//! - [`config`]: the worker's configuration.
 
+pub mod action;
+pub mod build_dir;
+pub mod config;
+pub mod daemon;
+pub mod native;
 pub mod outputs;
 pub mod paths;
+pub mod runner;
 pub mod upload;
+
+pub use config::{BuildMode, WorkerConfig};
+pub use daemon::{WorkerError, fuse_unavailable, run};

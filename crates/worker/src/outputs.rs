@@ -87,8 +87,8 @@ impl CapturedOutputs {
 }
 
 /// How an output was declared, which decides what kinds it may have.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Declared {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Declared {
     /// `output_paths` (REAPI 2.1+): any kind.
     Path,
     /// `output_files`: a file or a symlink.
@@ -97,11 +97,53 @@ enum Declared {
     Directory,
 }
 
+impl Declared {
+    /// Refuses a regular file where a directory was declared.
+    pub fn check_file(self, path: &str) -> Result<(), CaptureError> {
+        if self == Declared::Directory {
+            return Err(wrong_kind(path, "was declared a directory but is a file"));
+        }
+        Ok(())
+    }
+
+    /// Refuses a directory where a file was declared.
+    pub fn check_directory(self, path: &str) -> Result<(), CaptureError> {
+        if self == Declared::File {
+            return Err(wrong_kind(path, "was declared a file but is a directory"));
+        }
+        Ok(())
+    }
+}
+
+impl CapturedOutputs {
+    /// Records a symlink output, also in the deprecated list its declaration
+    /// belongs to.
+    pub fn add_symlink(&mut self, symlink: OutputSymlink, declared: Declared) {
+        match declared {
+            Declared::File => self.file_symlinks.push(symlink.clone()),
+            Declared::Directory => self.directory_symlinks.push(symlink.clone()),
+            Declared::Path => {}
+        }
+        self.symlinks.push(symlink);
+    }
+}
+
+impl From<CaptureError> for tonic::Status {
+    fn from(e: CaptureError) -> Self {
+        match e {
+            CaptureError::BadPath(_) | CaptureError::WrongKind { .. } => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            CaptureError::Io { .. } => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
 /// The outputs a Command declares, with how each was declared. Where
 /// `output_paths` is set, the deprecated fields are ignored, as REAPI says.
 // Bazel 4 names outputs only through the deprecated fields.
 #[allow(deprecated)]
-fn declared_outputs(command: &Command) -> Vec<(&str, Declared)> {
+pub fn declared_outputs(command: &Command) -> Vec<(&str, Declared)> {
     if !command.output_paths.is_empty() {
         return command
             .output_paths
@@ -159,16 +201,9 @@ pub fn capture(root: &Path, command: &Command) -> Result<CapturedOutputs, Captur
                 target: read_link(&full)?,
                 node_properties: None,
             };
-            match declared {
-                Declared::File => out.file_symlinks.push(symlink.clone()),
-                Declared::Directory => out.directory_symlinks.push(symlink.clone()),
-                Declared::Path => {}
-            }
-            out.symlinks.push(symlink);
+            out.add_symlink(symlink, declared);
         } else if kind.is_file() {
-            if declared == Declared::Directory {
-                return Err(wrong_kind(path, "was declared a directory but is a file"));
-            }
+            declared.check_file(path)?;
             let digest = hash_file(&full)?;
             out.files.push(OutputFile {
                 path: path.to_string(),
@@ -178,9 +213,7 @@ pub fn capture(root: &Path, command: &Command) -> Result<CapturedOutputs, Captur
             });
             add_blob(&mut out.blobs, &mut seen, digest, BlobData::File(full));
         } else if kind.is_dir() {
-            if declared == Declared::File {
-                return Err(wrong_kind(path, "was declared a file but is a directory"));
-            }
+            declared.check_directory(path)?;
             let mut children = TreeBuilder::default();
             let root_dir = children.directory(&full, &mut out.blobs, &mut seen)?;
             let tree = Tree {

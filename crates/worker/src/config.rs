@@ -1,0 +1,154 @@
+//! The worker's configuration: one typed document, read from TOML by the
+//! binaries. The doc comments are the documentation; unknown keys are an
+//! error that names them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How an action's input root is laid out on the worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildMode {
+    /// A FUSE mount per action that fetches each input file on first read.
+    /// Recommended wherever /dev/fuse is available.
+    #[default]
+    Virtual,
+    /// Every input downloaded into the blob cache and hardlinked into a
+    /// plain directory before the command starts. The fallback without FUSE,
+    /// and the baseline the benchmarks compare against.
+    Native,
+}
+
+impl std::str::FromStr for BuildMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "virtual" => Ok(BuildMode::Virtual),
+            "native" => Ok(BuildMode::Native),
+            other => Err(format!(
+                "unknown build directory mode {other:?}: use virtual or native"
+            )),
+        }
+    }
+}
+
+/// Everything one worker process needs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The scheduler's worker-protocol address, e.g. `grpc://127.0.0.1:8980`.
+    pub scheduler: String,
+    /// The CAS to fetch inputs from and upload outputs to. Unset: the
+    /// scheduler's address (its embedded storage). Any REAPI CAS works.
+    #[serde(default)]
+    pub cas: Option<String>,
+    /// This worker's name in the cluster. Unset: `{hostname}:{pid}`.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Actions run at once. Recommended: the number of cores.
+    pub slots: usize,
+    /// Platform properties this worker offers; an action runs here only if
+    /// every property it asks for is listed. E.g. `OSFamily = ["linux"]`.
+    #[serde(default)]
+    pub platform: BTreeMap<String, Vec<String>>,
+    /// Where action directories are created: a path every uid can traverse
+    /// (not under /root), since commands run as the runner's uid.
+    /// Recommended: `/var/lib/lazybarn/build`.
+    pub build_directory: PathBuf,
+    /// The blob cache shared by all actions of this worker.
+    pub cache_directory: PathBuf,
+    /// Most bytes the blob cache keeps (blobs in use are never evicted).
+    /// Recommended: 10-20% of the disk, at least a few times the inputs of
+    /// the largest action.
+    pub max_cache_bytes: u64,
+    /// Virtual (FUSE) or native build directories.
+    #[serde(default)]
+    pub build_mode: BuildMode,
+    /// Use FUSE passthrough for input reads where the kernel offers it.
+    /// Recommended: true.
+    #[serde(default = "default_true")]
+    pub passthrough: bool,
+    /// The runner's Unix socket.
+    pub runner_socket: PathBuf,
+    /// The uid and gid commands run as (the runner's): input files are
+    /// shown as theirs.
+    #[serde(default = "nobody")]
+    pub action_uid: u32,
+    /// See `action_uid`.
+    #[serde(default = "nogroup")]
+    pub action_gid: u32,
+    /// Inputs downloaded at once in native mode. Recommended: 32.
+    #[serde(default = "default_fetch_concurrency")]
+    pub fetch_concurrency: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn nobody() -> u32 {
+    65534
+}
+
+fn nogroup() -> u32 {
+    65534
+}
+
+fn default_fetch_concurrency() -> usize {
+    32
+}
+
+impl WorkerConfig {
+    /// Parses a TOML document; unknown keys are errors naming them.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The CAS address in use.
+    pub fn cas_address(&self) -> &str {
+        self.cas.as_deref().unwrap_or(&self.scheduler)
+    }
+
+    /// The worker id in use.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".to_string());
+            format!("{host}:{}", std::process::id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_config_and_refuses_unknown_keys() {
+        let text = r#"
+            scheduler = "grpc://127.0.0.1:8980"
+            slots = 2
+            build_directory = "/var/lib/lazybarn/build"
+            cache_directory = "/var/lib/lazybarn/cache"
+            max_cache_bytes = 1000000
+            runner_socket = "/run/lazybarn/runner.sock"
+            build_mode = "native"
+            [platform]
+            OSFamily = ["linux"]
+        "#;
+        let config = WorkerConfig::from_toml(text).expect("valid");
+        assert_eq!(config.build_mode, BuildMode::Native);
+        assert_eq!(config.cas_address(), "grpc://127.0.0.1:8980");
+        assert_eq!(config.action_uid, 65534);
+        assert_eq!(config.platform["OSFamily"], vec!["linux".to_string()]);
+        let err = WorkerConfig::from_toml(&format!("slotz = 3\n{text}"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("slotz"), "{err}");
+        assert!("fuse".parse::<BuildMode>().is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! The worker process's life: register with the scheduler, keep one
+//! PollWork open per idle slot, run what comes, heartbeat the executions in
+//! progress, hand back each ExecuteResponse, and stop cleanly.
+//!
+//! Failures of the scheduler connection are retried with backoff; NOT_FOUND
+//! (the scheduler restarted or the lease ran out) means register again. A
+//! slot takes no work while the runner fails CheckReadiness.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lazybarn_cas::CasClient;
+use lazybarn_proto::reapi::{Platform, platform::Property};
+use lazybarn_proto::worker::scheduler_client::SchedulerClient;
+use lazybarn_proto::worker::{
+    CompleteExecutionRequest, ExecutionProgress, PollWorkRequest, RegisterRequest,
+    ReportProgressRequest, WorkAssignment,
+};
+use lazybarn_vfs::{BlobCache, MountConfig};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::action::{self, ActionEnvironment, Progress};
+use crate::config::WorkerConfig;
+use crate::runner::RunnerConnection;
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A directory could not be prepared.
+    #[error("preparing {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The blob cache or a stale mount could not be handled.
+    #[error(transparent)]
+    Vfs(#[from] lazybarn_vfs::VfsError),
+    /// A configured address is malformed.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Pause after a failed call to the scheduler before trying again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Registration as the scheduler answered it.
+#[derive(Clone, Copy)]
+struct Lease {
+    heartbeat: Duration,
+    poll_timeout: Duration,
+}
+
+/// State shared by the slots and the heartbeat.
+struct Shared {
+    config: WorkerConfig,
+    worker_id: String,
+    scheduler: SchedulerClient<Channel>,
+    env: ActionEnvironment,
+    running: Mutex<HashMap<String, (watch::Receiver<Progress>, AbortHandle)>>,
+    lease: Mutex<Lease>,
+    register_lock: tokio::sync::Mutex<()>,
+}
+
+/// Runs the worker until `shutdown` resolves.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
+    let shared = Arc::new(start(config).await?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for slot in 0..shared.config.slots.max(1) {
+        let shared = shared.clone();
+        tasks.spawn(async move { shared.slot(slot).await });
+    }
+    {
+        let shared = shared.clone();
+        tasks.spawn(async move { shared.heartbeat().await });
+    }
+    shutdown.await;
+    tracing::info!(worker = %shared.worker_id, "worker stopping");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let running: Vec<_> = shared
+        .running
+        .lock()
+        .expect("running table lock poisoned")
+        .drain()
+        .collect();
+    for (_, (_, handle)) in &running {
+        handle.abort();
+    }
+    clean_build_directory(&shared.config.build_directory).await;
+    Ok(())
+}
+
+/// Opens the cache, cleans what a crashed predecessor left, and connects.
+async fn start(config: WorkerConfig) -> Result<Shared, WorkerError> {
+    for dir in [&config.build_directory, &config.cache_directory] {
+        std::fs::create_dir_all(dir).map_err(|source| WorkerError::Directory {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    clean_build_directory(&config.build_directory).await;
+    let cache = BlobCache::open(&config.cache_directory, config.max_cache_bytes)?;
+    let cas_channel = channel(config.cas_address())?;
+    let cas = CasClient::from_channel(
+        cas_channel,
+        "",
+        lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES,
+    );
+    let runner = RunnerConnection::new(&config.runner_socket)
+        .map_err(|e| WorkerError::Config(e.message().to_string()))?;
+    let worker_id = config.worker_id();
+    let env = ActionEnvironment {
+        worker_id: worker_id.clone(),
+        build_directory: config.build_directory.clone(),
+        mode: config.build_mode,
+        cache,
+        cas,
+        runner,
+        mount: MountConfig {
+            passthrough: config.passthrough,
+            input_uid: config.action_uid,
+            input_gid: config.action_gid,
+            ..MountConfig::default()
+        },
+        fetch_concurrency: config.fetch_concurrency,
+    };
+    let scheduler = SchedulerClient::new(channel(&config.scheduler)?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    Ok(Shared {
+        config,
+        worker_id,
+        scheduler,
+        env,
+        running: Mutex::default(),
+        lease: Mutex::new(Lease {
+            heartbeat: Duration::from_secs(5),
+            poll_timeout: Duration::from_secs(30),
+        }),
+        register_lock: tokio::sync::Mutex::new(()),
+    })
+}
+
+fn channel(address: &str) -> Result<Channel, WorkerError> {
+    let url = address.replacen("grpc://", "http://", 1);
+    Ok(Endpoint::from_shared(url)
+        .map_err(|e| WorkerError::Config(format!("bad address {address:?}: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+/// Removes leftovers of earlier actions: stale mounts first, then files.
+async fn clean_build_directory(dir: &std::path::Path) {
+    let dir = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = lazybarn_vfs::clean_stale_mounts(&dir) {
+            tracing::warn!(error = %e, "cleaning stale mounts");
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "removing a leftover action directory");
+            }
+        }
+    })
+    .await;
+}
+
+impl Shared {
+    /// Registers (again); concurrent callers share one registration.
+    async fn register(&self) {
+        let _guard = self.register_lock.lock().await;
+        let request = RegisterRequest {
+            worker_id: self.worker_id.clone(),
+            platform: Some(platform(&self.config)),
+            slots: self.config.slots.max(1) as u32,
+        };
+        loop {
+            match self.scheduler.clone().register(request.clone()).await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let duration = |d: Option<prost_types::Duration>, default| {
+                        d.and_then(|d| Duration::try_from(d).ok())
+                            .filter(|d| !d.is_zero())
+                            .unwrap_or(default)
+                    };
+                    let mut lease = self.lease.lock().expect("lease lock poisoned");
+                    lease.heartbeat = duration(response.heartbeat_interval, Duration::from_secs(5));
+                    lease.poll_timeout = duration(response.poll_timeout, Duration::from_secs(30));
+                    tracing::info!(worker = %self.worker_id, "registered with the scheduler");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering with the scheduler; retrying");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+            }
+        }
+    }
+
+    /// One slot: wait for a ready runner, poll, run, complete, repeat.
+    async fn slot(self: Arc<Self>, slot: usize) {
+        if slot == 0 {
+            self.register().await;
+        }
+        loop {
+            if let Err(e) = self
+                .env
+                .runner
+                .check_readiness(&self.config.build_directory)
+                .await
+            {
+                tracing::warn!(slot, error = %e, "not taking work");
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
+            }
+            let Some(assignment) = self.poll().await else {
+                continue;
+            };
+            self.run_assignment(assignment).await;
+        }
+    }
+
+    async fn poll(&self) -> Option<WorkAssignment> {
+        let poll_timeout = self.lease.lock().expect("lease lock poisoned").poll_timeout;
+        let mut request = tonic::Request::new(PollWorkRequest {
+            worker_id: self.worker_id.clone(),
+        });
+        request.set_timeout(poll_timeout + Duration::from_secs(10));
+        match self.scheduler.clone().poll_work(request).await {
+            Ok(response) => response.into_inner().assignment,
+            Err(e) => {
+                self.on_error("PollWork", &e).await;
+                None
+            }
+        }
+    }
+
+    async fn on_error(&self, call: &str, status: &Status) {
+        if status.code() == Code::NotFound {
+            self.register().await;
+        } else {
+            tracing::warn!(call, error = %status, "scheduler call failed; retrying");
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
+    async fn run_assignment(self: &Arc<Self>, assignment: WorkAssignment) {
+        let id = assignment.execution_id.clone();
+        tracing::info!(execution = %id, attempt = assignment.attempt, "running an action");
+        let (progress, watcher) = watch::channel(Progress::default());
+        let shared = self.clone();
+        let task =
+            tokio::spawn(async move { action::execute(&shared.env, &assignment, &progress).await });
+        self.running
+            .lock()
+            .expect("running table lock poisoned")
+            .insert(id.clone(), (watcher, task.abort_handle()));
+        let outcome = task.await;
+        self.running
+            .lock()
+            .expect("running table lock poisoned")
+            .remove(&id);
+        match outcome {
+            Ok(response) => self.complete(&id, response).await,
+            Err(_) => {
+                tracing::info!(execution = %id, "action cancelled by the scheduler");
+                let dir = self.config.build_directory.join(&id);
+                clean_build_directory(&dir).await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+        }
+    }
+
+    async fn complete(&self, id: &str, response: lazybarn_proto::reapi::ExecuteResponse) {
+        let request = CompleteExecutionRequest {
+            worker_id: self.worker_id.clone(),
+            execution_id: id.to_string(),
+            response: Some(response),
+        };
+        for _ in 0..30 {
+            match self
+                .scheduler
+                .clone()
+                .complete_execution(request.clone())
+                .await
+            {
+                Ok(reply) => {
+                    if !reply.into_inner().accepted {
+                        tracing::info!(execution = %id, "the scheduler no longer wanted this result");
+                    }
+                    return;
+                }
+                Err(e) => self.on_error("CompleteExecution", &e).await,
+            }
+        }
+        tracing::error!(execution = %id, "giving up on reporting a result; the scheduler will retry the action");
+    }
+
+    /// Reports every running execution at the heartbeat interval and stops
+    /// the ones the scheduler no longer wants.
+    async fn heartbeat(self: Arc<Self>) {
+        loop {
+            let interval = self.lease.lock().expect("lease lock poisoned").heartbeat;
+            tokio::time::sleep(interval).await;
+            let executions: Vec<ExecutionProgress> = self
+                .running
+                .lock()
+                .expect("running table lock poisoned")
+                .iter()
+                .map(|(id, (progress, _))| {
+                    let progress = progress.borrow();
+                    ExecutionProgress {
+                        execution_id: id.clone(),
+                        stage: progress.stage,
+                        partial_execution_metadata: Some(progress.metadata.clone()),
+                    }
+                })
+                .collect();
+            let request = ReportProgressRequest {
+                worker_id: self.worker_id.clone(),
+                executions,
+            };
+            match self.scheduler.clone().report_progress(request).await {
+                Ok(response) => {
+                    let running = self.running.lock().expect("running table lock poisoned");
+                    for id in response.into_inner().cancelled_execution_ids {
+                        if let Some((_, handle)) = running.get(&id) {
+                            handle.abort();
+                        }
+                    }
+                }
+                Err(e) => self.on_error("ReportProgress", &e).await,
+            }
+        }
+    }
+}
+
+/// The configured platform, as REAPI wants it: sorted by name, then value.
+fn platform(config: &WorkerConfig) -> Platform {
+    let mut properties: Vec<Property> = config
+        .platform
+        .iter()
+        .flat_map(|(name, values)| {
+            values.iter().map(move |value| Property {
+                name: name.clone(),
+                value: value.clone(),
+            })
+        })
+        .collect();
+    properties.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
+    Platform { properties }
+}
+
+/// Why FUSE mounts cannot work here, or None when they can.
+pub fn fuse_unavailable() -> Option<String> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Some(format!("/dev/fuse cannot be opened: {e}"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if !root && !fusermount {
+        return Some("not running as root and fusermount3 is not installed".to_string());
+    }
+    None
+}
