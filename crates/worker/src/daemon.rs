@@ -47,6 +47,24 @@ pub enum WorkerError {
     Config(String),
 }
 
+/// Actions finished, by outcome (`ok`, `failed`, `error`, `cancelled`).
+pub const ACTIONS: &str = "lazybarn_worker_actions_total";
+/// Actions running now.
+pub const RUNNING_ACTIONS: &str = "lazybarn_worker_running_actions";
+/// Wall time of an action on the worker, from assignment to result.
+pub const ACTION_SECONDS: &str = "lazybarn_worker_action_seconds";
+
+fn outcome_label(
+    outcome: &Result<lazybarn_proto::reapi::ExecuteResponse, tokio::task::JoinError>,
+) -> &'static str {
+    match outcome {
+        Err(_) => "cancelled",
+        Ok(r) if r.status.as_ref().is_some_and(|s| s.code != 0) => "error",
+        Ok(r) if r.result.as_ref().is_some_and(|r| r.exit_code != 0) => "failed",
+        Ok(_) => "ok",
+    }
+}
+
 /// Pause after a failed call to the scheduler before trying again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -269,11 +287,16 @@ impl Shared {
             .lock()
             .expect("running table lock poisoned")
             .insert(id.clone(), (watcher, task.abort_handle()));
+        metrics::gauge!(RUNNING_ACTIONS).increment(1.0);
+        let started = std::time::Instant::now();
         let outcome = task.await;
+        metrics::gauge!(RUNNING_ACTIONS).decrement(1.0);
+        metrics::histogram!(ACTION_SECONDS).record(started.elapsed().as_secs_f64());
         self.running
             .lock()
             .expect("running table lock poisoned")
             .remove(&id);
+        metrics::counter!(ACTIONS, "outcome" => outcome_label(&outcome)).increment(1);
         match outcome {
             Ok(response) => self.complete(&id, response).await,
             Err(_) => {

@@ -13,6 +13,10 @@
 //! - [`paths`]: checks the relative paths an action names before any of
 //!   them touches the disk;
 //! - [`config`]: the worker's configuration.
+//!
+//! Metrics go through the `metrics` facade: the worker's own
+//! (`lazybarn_worker_*`, see [`daemon`]) and the vfs's (`lazybarn_vfs_*`);
+//! the binary that embeds the worker installs the exporter.
 
 pub mod action;
 pub mod build_dir;
