@@ -12,8 +12,11 @@
 use std::env;
 use std::ffi::OsString;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
@@ -36,6 +39,10 @@ const MAX_IDLE_SECS: u32 = 300;
 
 /// Bazel commands that accept build options, and so the offline flags.
 const BUILD_COMMANDS: [&str; 6] = ["build", "test", "run", "info", "cquery", "aquery"];
+
+/// The longest one Bazel command may take before it is killed, so a hung
+/// server fails a test instead of stalling it.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How many bytes from the end of Bazel's stderr go into an error message.
 const STDERR_TAIL_BYTES: usize = 6000;
@@ -67,12 +74,18 @@ impl BazelWorkspace {
     /// Copies the C++ workspace (a `cc_library`, a `cc_binary` using it and a
     /// `cc_test`) into a new temporary directory.
     pub fn cpp() -> Result<Self> {
+        Self::copy_of("workspace")
+    }
+
+    /// Copies the workspace `tests/bazel/<name>` into a new temporary
+    /// directory.
+    pub fn copy_of(name: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("lazybarn-bazel-")
             .tempdir()
             .context("Failed to create a directory for Bazel")?;
         let workspace = dir.path().join("workspace");
-        copy_tree(&Path::new(BAZEL_DIR).join("workspace"), &workspace)?;
+        copy_tree(&Path::new(BAZEL_DIR).join(name), &workspace)?;
         let output_user_root = dir.path().join("output_user_root");
         Ok(Self {
             workspace,
@@ -149,15 +162,38 @@ impl BazelWorkspace {
         }
         process.args(args);
         let line = format!("{process:?}");
-        let output = process.output().with_context(|| {
-            format!("Failed to run {line}; is Bazel installed (scripts/install-deps)?")
-        })?;
-        Ok(BazelOutput {
+        let child = process
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!("Failed to run {line}; is Bazel installed (scripts/install-deps)?")
+            })?;
+        let (status, stdout, stderr) = wait_with_timeout(child, COMMAND_TIMEOUT)
+            .with_context(|| format!("Failed to run {line}"))?;
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        let Some(status) = status else {
+            let start = stderr.len().saturating_sub(STDERR_TAIL_BYTES);
+            bail!(
+                "{line} did not finish within {COMMAND_TIMEOUT:?}; killed it. End of its stderr:\n{}",
+                String::from_utf8_lossy(&stderr.as_bytes()[start..])
+            );
+        };
+        let output = BazelOutput {
             command: line,
-            status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr,
+        };
+        Ok(output)
+    }
+
+    /// The directory Bazel writes this workspace's outputs to (`bazel info
+    /// bazel-bin`; there is no `bazel-bin` symlink).
+    pub fn bazel_bin(&self) -> Result<PathBuf> {
+        let info = self.run("info", &["bazel-bin"])?;
+        Ok(PathBuf::from(info.ensure_success()?.stdout.trim()))
     }
 
     /// Stops this workspace's Bazel server.
@@ -215,6 +251,40 @@ impl BazelOutput {
         }
         &self.stderr[start..]
     }
+}
+
+/// Waits for `child` while threads collect its stdout and stderr; kills it
+/// after `timeout` (the status is then None). Killing the client makes the
+/// Bazel server cancel the command.
+fn wait_with_timeout(
+    mut child: Child,
+    timeout: Duration,
+) -> std::io::Result<(Option<ExitStatus>, Vec<u8>, Vec<u8>)> {
+    let stdout = collect(child.stdout.take().expect("stdout was configured as piped"));
+    let stderr = collect(child.stderr.take().expect("stderr was configured as piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let joined = |reader: thread::JoinHandle<Vec<u8>>| reader.join().unwrap_or_default();
+    Ok((status, joined(stdout), joined(stderr)))
+}
+
+/// Reads `stream` to its end on a thread of its own.
+fn collect(mut stream: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        bytes
+    })
 }
 
 /// The Bazel binary: `$LAZYBARN_BAZEL` if set, else `bazel` on the PATH.

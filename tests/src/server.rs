@@ -9,10 +9,10 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
@@ -78,6 +78,48 @@ impl ServerProcess {
     /// The process id of the server.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit. A
+    /// process still running then gets SIGKILL, and that is an error; it is
+    /// reaped when `self` is dropped (a FUSE server may need its mounts
+    /// aborted first, see `LazybarnUp`).
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the server had already exited with {status}");
+        }
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status()
+            .context("Failed to run kill")?;
+        if !kill.success() {
+            bail!("kill -TERM {} failed with {kill}", self.id());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!(
+                    "the server did not exit within {timeout:?} of SIGTERM; killed it. Its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The text after `marker` on the first line of the log that holds it:
+    /// what the server announced besides its readiness line.
+    pub fn logged(&self, marker: &str) -> Result<String> {
+        let log = fs::read_to_string(&self.log_path)
+            .with_context(|| format!("Failed to read {}", self.log_path.display()))?;
+        log.lines()
+            .find_map(|line| line.split_once(marker))
+            .map(|(_, rest)| rest.trim().to_string())
+            .with_context(|| format!("the server's log has no line with {marker:?}"))
     }
 
     /// The file the server's stdout and stderr go to.

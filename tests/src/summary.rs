@@ -23,6 +23,9 @@ pub const INTERNAL: &str = "internal";
 /// reports `--disk_cache` hits this way).
 pub const REMOTE_CACHE_HIT: &str = "remote cache hit";
 
+/// The kind Bazel gives processes executed by `--remote_executor`.
+pub const REMOTE: &str = "remote";
+
 /// The kind newer Bazel versions give processes answered by `--disk_cache`.
 pub const DISK_CACHE_HIT: &str = "disk cache hit";
 
@@ -75,6 +78,11 @@ impl ProcessSummary {
         self.count(REMOTE_CACHE_HIT)
     }
 
+    /// How many processes the remote executor ran.
+    pub fn remotely_executed(&self) -> u64 {
+        self.count(REMOTE)
+    }
+
     /// How many processes were actually executed, by any strategy.
     pub fn executed(&self) -> u64 {
         self.by_kind
@@ -115,6 +123,14 @@ mod tests {
         assert_eq!(s.count("linux-sandbox"), 7);
         assert_eq!(s.executed(), 7);
         assert_eq!(s.remote_cache_hits(), 0);
+    }
+
+    #[test]
+    fn parses_a_build_executed_remotely() {
+        let s = ProcessSummary::parse_line("INFO: 35 processes: 17 internal, 18 remote.")
+            .expect("a valid summary line");
+        assert_eq!(s.remotely_executed(), 18);
+        assert_eq!(s.non_internal(), 18);
     }
 
     #[test]

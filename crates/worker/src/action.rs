@@ -211,7 +211,7 @@ async fn run_in(
     progress: &watch::Sender<Progress>,
     metadata: &mut ExecutedActionMetadata,
 ) -> Result<(ActionResult, RunResponse), Status> {
-    directory.create_output_parents(command)?;
+    directory.create_output_parents(command).await?;
     metadata.input_fetch_completed_timestamp = now();
 
     report(progress, ExecutionStage::Executing, metadata);

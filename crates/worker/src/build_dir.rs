@@ -180,20 +180,29 @@ impl ActionDirectory {
     }
 
     /// Creates the parent directories of every declared output.
-    pub fn create_output_parents(&self, command: &Command) -> Result<(), Status> {
+    ///
+    /// In virtual mode these are requests to our own FUSE mount, which
+    /// answers them with tokio tasks: the blocking calls go to the blocking
+    /// pool, never a runtime thread, or the mount could wait on itself.
+    pub async fn create_output_parents(&self, command: &Command) -> Result<(), Status> {
         let parents = outputs::output_parents(command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let working = paths::check_relative("working directory", &command.working_directory)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        for dir in std::iter::once(working).chain(parents) {
-            create_writable(&self.root, &dir).map_err(|e| {
-                Status::failed_precondition(format!(
-                    "creating output directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
-        Ok(())
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            for dir in std::iter::once(working).chain(parents) {
+                create_writable(&root, &dir).map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "creating output directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("creating output directories: {e}")))?
     }
 
     /// Captures the outputs `command` declares.

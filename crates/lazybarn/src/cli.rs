@@ -1,0 +1,188 @@
+//! The subcommands and their flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES;
+use lazybarn_worker::config::BuildMode;
+
+/// Default most bytes of blobs the storage and each worker's blob cache keep: 10 GiB.
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = 10 << 30;
+
+/// Lazybarn: remote execution for Bazel, with inputs fetched lazily.
+#[derive(Debug, Parser)]
+#[command(name = "lazybarn", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Storage, scheduler, status page, a worker and its runner on this
+    /// machine: a complete cluster Bazel can use at once.
+    Up(UpArgs),
+    /// A worker and its runner, joining a running scheduler.
+    Worker(WorkerArgs),
+    /// The scheduler with its embedded storage and status page.
+    Scheduler(SchedulerArgs),
+    /// The storage alone (CAS, ByteStream, Action Cache): a remote cache.
+    Storage(StorageArgs),
+    /// The runner daemon alone; it must run as root.
+    Runner(RunnerArgs),
+}
+
+/// Flags of `lazybarn up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// gRPC address for Bazel (`--remote_executor=grpc://ADDR`); port 0 picks
+    /// a free port, which the ready line names.
+    #[arg(long, default_value = "127.0.0.1:8980")]
+    pub listen: SocketAddr,
+    /// HTTP address of the status page and `/metrics`; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8981")]
+    pub http: SocketAddr,
+    /// Where the storage, the worker's blob cache and the runner's socket
+    /// live [default: ~/.cache/lazybarn].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Actions run at once [default: one per core]; 0 runs the scheduler
+    /// and storage only.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How action directories are built: `virtual` (a lazy FUSE mount) or
+    /// `native` (inputs downloaded and hardlinked).
+    #[arg(long, default_value = "virtual")]
+    pub build_dir: BuildMode,
+    /// Most bytes the storage keeps, and again the worker's blob cache
+    /// (least recently used blobs are evicted).
+    #[arg(long, default_value_t = DEFAULT_MAX_CACHE_BYTES)]
+    pub max_cache_size: u64,
+    /// Platform properties the worker offers, as NAME=VALUE (repeatable)
+    /// [default: OSFamily=linux].
+    #[arg(long = "platform", value_name = "NAME=VALUE")]
+    pub platform: Vec<String>,
+}
+
+/// Flags of `lazybarn worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The scheduler's worker-protocol address, e.g. grpc://10.0.0.1:8980
+    /// (required unless the configuration file names it).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// The CAS [default: the scheduler's embedded storage].
+    #[arg(long)]
+    pub cas: Option<String>,
+    /// Actions run at once [default: one per core].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// `virtual` or `native` build directories [default: virtual].
+    #[arg(long)]
+    pub build_dir: Option<BuildMode>,
+    /// Where the blob cache and the runner's socket live
+    /// [default: ~/.cache/lazybarn-worker]. Several workers on one host need
+    /// one each.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Most bytes the blob cache keeps.
+    #[arg(long)]
+    pub max_cache_size: Option<u64>,
+    /// Platform properties offered, as NAME=VALUE (repeatable)
+    /// [default: OSFamily=linux].
+    #[arg(long = "platform", value_name = "NAME=VALUE")]
+    pub platform: Vec<String>,
+    /// A worker configuration file (TOML, see `lazybarn_worker::config`);
+    /// flags given as well override its values, and --data-dir is ignored.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Use the runner already listening on the configured socket instead of
+    /// starting one.
+    #[arg(long)]
+    pub external_runner: bool,
+}
+
+/// Flags of `lazybarn scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// The TOML configuration file (see `lazybarn_scheduler::config`);
+    /// without it, defaults are used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `lazybarn storage`.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Address to serve gRPC on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8980")]
+    pub listen: SocketAddr,
+    /// Directory for blobs and Action Cache entries.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Most bytes of blobs kept; least recently used blobs are evicted above it.
+    #[arg(long, default_value_t = DEFAULT_MAX_CACHE_BYTES)]
+    pub max_size: u64,
+    /// Largest sum of blob sizes in one batch call (advertised in Capabilities).
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH_BYTES)]
+    pub max_batch_size: usize,
+}
+
+/// Flags of `lazybarn runner`; flags override the configuration file.
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// TOML configuration file (see `lazybarn_runner::config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Unix socket to listen on.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Group whose members may connect besides root.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// User (name or number) that commands run as [default: nobody].
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Group (name or number) that commands run as [default: the user's primary group].
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Chroot every command into its request's input root.
+    #[arg(long)]
+    pub chroot_into_input_root: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn up_defaults_match_the_documentation() {
+        let cli = Cli::parse_from(["lazybarn", "up"]);
+        let Command::Up(up) = cli.command else {
+            panic!("not up: {cli:?}")
+        };
+        assert_eq!(up.listen.to_string(), "127.0.0.1:8980");
+        assert_eq!(up.http.to_string(), "127.0.0.1:8981");
+        assert_eq!(up.build_dir, BuildMode::Virtual);
+        assert_eq!(up.workers, None);
+    }
+
+    #[test]
+    fn build_dir_modes_parse() {
+        let cli = Cli::parse_from(["lazybarn", "up", "--build-dir", "native", "--workers", "0"]);
+        let Command::Up(up) = cli.command else {
+            panic!("not up: {cli:?}")
+        };
+        assert_eq!((up.build_dir, up.workers), (BuildMode::Native, Some(0)));
+        assert!(Cli::try_parse_from(["lazybarn", "up", "--build-dir", "fuse"]).is_err());
+    }
+}
