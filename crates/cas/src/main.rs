@@ -43,18 +43,13 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("lazybarn-storage ready: grpc://{addr}");
-    server::serve(listener, storage.routes(), shutdown_signal())
-        .await
-        .context("serving gRPC")?;
+    server::serve(
+        listener,
+        storage.routes(),
+        lazybarn_cas::server::shutdown_signal(),
+    )
+    .await
+    .context("serving gRPC")?;
     tracing::info!("lazybarn-storage stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -44,18 +44,14 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("lazybarn-scheduler status: http://{http}");
     println!("lazybarn-scheduler ready: grpc://{grpc}");
-    server::run(config, listeners, Some(metrics), shutdown_signal())
-        .await
-        .context("serving")?;
+    server::run(
+        config,
+        listeners,
+        Some(metrics),
+        lazybarn_cas::server::shutdown_signal(),
+    )
+    .await
+    .context("serving")?;
     tracing::info!("lazybarn-scheduler stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

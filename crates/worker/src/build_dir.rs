@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lazybarn_cas::{CasClient, Digest};
-use lazybarn_proto::reapi::{Command, OutputDirectory, OutputFile, OutputSymlink};
+use lazybarn_proto::reapi::{Command, OutputFile, OutputSymlink};
 use lazybarn_vfs::{BlobCache, BlobLocation, BlobSource, CapturedOutput, Mount, MountConfig};
-use prost::Message;
 use tonic::Status;
 
 use crate::action::missing_blob_status;
@@ -303,17 +302,7 @@ async fn capture_from_mount(mount: &Mount, command: &Command) -> Result<Captured
                 for file in &files {
                     add_file(&mut out, &mut seen, file);
                 }
-                let bytes = bytes::Bytes::from(tree.encode_to_vec());
-                let digest = Digest::of(&bytes);
-                out.directories.push(OutputDirectory {
-                    path: path.to_string(),
-                    tree_digest: Some(digest.to_proto()),
-                    is_topologically_sorted: false,
-                    root_directory_digest: None,
-                });
-                if seen.insert(digest) {
-                    out.blobs.push((digest, BlobData::Bytes(bytes)));
-                }
+                out.add_directory(path, &tree, &mut seen);
             }
         }
     }
@@ -334,9 +323,12 @@ fn add_file(
     seen: &mut std::collections::HashSet<Digest>,
     file: &lazybarn_vfs::CapturedFile,
 ) {
-    if let BlobLocation::Local(path) = &file.location
-        && seen.insert(file.digest)
-    {
-        out.blobs.push((file.digest, BlobData::File(path.clone())));
+    if let BlobLocation::Local(path) = &file.location {
+        outputs::add_blob(
+            &mut out.blobs,
+            seen,
+            file.digest,
+            BlobData::File(path.clone()),
+        );
     }
 }

@@ -116,6 +116,19 @@ impl Declared {
 }
 
 impl CapturedOutputs {
+    /// Records a directory output as a Tree blob.
+    pub fn add_directory(&mut self, path: &str, tree: &Tree, seen: &mut HashSet<Digest>) {
+        let bytes = Bytes::from(tree.encode_to_vec());
+        let digest = Digest::of(&bytes);
+        self.directories.push(OutputDirectory {
+            path: path.to_string(),
+            tree_digest: Some(digest.to_proto()),
+            is_topologically_sorted: false,
+            root_directory_digest: None,
+        });
+        add_blob(&mut self.blobs, seen, digest, BlobData::Bytes(bytes));
+    }
+
     /// Records a symlink output, also in the deprecated list its declaration
     /// belongs to.
     pub fn add_symlink(&mut self, symlink: OutputSymlink, declared: Declared) {
@@ -220,15 +233,7 @@ pub fn capture(root: &Path, command: &Command) -> Result<CapturedOutputs, Captur
                 root: Some(root_dir),
                 children: children.children,
             };
-            let bytes = Bytes::from(tree.encode_to_vec());
-            let digest = Digest::of(&bytes);
-            out.directories.push(OutputDirectory {
-                path: path.to_string(),
-                tree_digest: Some(digest.to_proto()),
-                is_topologically_sorted: false,
-                root_directory_digest: None,
-            });
-            add_blob(&mut out.blobs, &mut seen, digest, BlobData::Bytes(bytes));
+            out.add_directory(path, &tree, &mut seen);
         } else {
             return Err(wrong_kind(
                 path,
@@ -246,7 +251,7 @@ fn wrong_kind(path: &str, reason: &str) -> CaptureError {
     }
 }
 
-fn add_blob(
+pub(crate) fn add_blob(
     blobs: &mut Vec<(Digest, BlobData)>,
     seen: &mut HashSet<Digest>,
     digest: Digest,
