@@ -183,7 +183,7 @@ impl Drop for LazybarnUp {
 }
 
 /// A plain HTTP/1.0 GET of `path` on `base` (`http://HOST:PORT`); the body.
-fn http_get(base: &str, path: &str) -> Result<String> {
+pub fn http_get(base: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let authority = base
         .strip_prefix("http://")

@@ -87,7 +87,13 @@ fn a_worker_joins_a_running_scheduler() -> Result<()> {
     let mut worker = Command::new(workspace_binary(LazybarnUp::BINARY)?);
     worker
         .args(["worker", "--scheduler", up.url(), "--workers", "1"])
-        .args(["--build-dir", "native", "--data-dir"])
+        .args([
+            "--build-dir",
+            "native",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("worker"));
     let mut worker = ServerProcess::start(
         worker,
@@ -103,6 +109,17 @@ fn a_worker_joins_a_running_scheduler() -> Result<()> {
     ensure!(
         summary.remotely_executed() == summary.non_internal() && summary.remotely_executed() >= 3,
         "the joined worker should run every action: {summary:?}"
+    );
+    // A standalone worker exports its own metrics.
+    let announced = worker.announced().to_string();
+    let metrics_url = announced
+        .split_once(", metrics ")
+        .and_then(|(_, url)| url.trim().strip_suffix("/metrics"))
+        .with_context(|| format!("no metrics URL in {announced:?}"))?;
+    let metrics = lazybarn_tests::cluster::http_get(metrics_url, "/metrics")?;
+    ensure!(
+        metrics.contains("lazybarn_worker_actions_total{outcome=\"ok\"}"),
+        "the worker's /metrics lacks its action counter:\n{metrics}"
     );
     let status = worker.terminate(Duration::from_secs(30))?;
     ensure!(status.success(), "lazybarn worker exited with {status}");

@@ -103,6 +103,10 @@ pub struct WorkerArgs {
     /// starting one.
     #[arg(long)]
     pub external_runner: bool,
+    /// HTTP address to serve the worker's and the vfs's Prometheus metrics
+    /// on, at `/metrics`; port 0 picks a free port [default: none].
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Flags of `lazybarn scheduler`.

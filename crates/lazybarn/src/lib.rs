@@ -11,6 +11,7 @@
 //! - [`layout`] decides where data, build directories and sockets go, so
 //!   that the unprivileged uid commands run as can reach its build
 //!   directory;
+//! - [`metrics_endpoint`] serves `/metrics` for a standalone worker;
 //! - [`registration`] tells when the in-process worker has registered;
 //! - [`shutdown`] turns SIGINT and SIGTERM into a future.
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod layout;
+pub mod metrics_endpoint;
 pub mod pieces;
 pub mod registration;
 pub mod runner_child;

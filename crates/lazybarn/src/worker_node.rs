@@ -221,11 +221,15 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     } else {
         Some(RunnerChild::start(&config.runner_socket, config.action_uid, config.action_gid).await?)
     };
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics = match args.http {
+        Some(addr) => format!(", metrics {}", serve_metrics(addr, stop_rx.clone()).await?),
+        None => String::new(),
+    };
     println!(
-        "lazybarn worker started: scheduler {}, slots {}",
+        "lazybarn worker started: scheduler {}, slots {}{metrics}",
         config.scheduler, config.slots
     );
-    let (stop, stop_rx) = watch::channel(false);
     let worker = run_worker(config, runner, stop_rx);
     tokio::pin!(worker);
     tokio::select! {
@@ -234,6 +238,30 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     }
     let _ = stop.send(true);
     worker.await
+}
+
+/// Installs the Prometheus recorder and serves `/metrics` on `addr` until
+/// `stop`; returns the URL.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Result<String, LazybarnError> {
+    let handle = lazybarn_scheduler::metrics::install_prometheus()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| LazybarnError::Startup(format!("listening on {addr}: {e}")))?;
+    let url = format!(
+        "http://{}/metrics",
+        listener
+            .local_addr()
+            .map_err(|e| LazybarnError::Startup(format!("listening on {addr}: {e}")))?
+    );
+    tokio::spawn(async move {
+        if let Err(e) = crate::metrics_endpoint::serve(listener, handle, stopped(stop)).await {
+            tracing::warn!(error = %e, "serving /metrics");
+        }
+    });
+    Ok(url)
 }
 
 /// The worker's configuration from the file (if any) and the flags over it.
