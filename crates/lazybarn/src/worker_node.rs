@@ -369,6 +369,7 @@ mod tests {
             platform: Vec::new(),
             config: Some(file),
             external_runner: false,
+            http: None,
         };
         let error = configure(&args).expect_err("unknown key");
         assert!(error.to_string().contains("slotz"), "{error}");
