@@ -111,6 +111,16 @@ impl ServerProcess {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash or the kernel's OOM killer
+    /// would, and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the server had already exited with {status}");
+        }
+        self.child.kill().context("Failed to send SIGKILL")?;
+        Ok(self.child.wait()?)
+    }
+
     /// The text after `marker` on the first line of the log that holds it:
     /// what the server announced besides its readiness line.
     pub fn logged(&self, marker: &str) -> Result<String> {

@@ -10,14 +10,17 @@
 //! to change its input (denied; the next action reads it intact). Last,
 //! `lazybarn up` is stopped (no mount, no runner left) and started again on
 //! the same data directory: the cache survived. Separately, `lazybarn
-//! worker` joins a `lazybarn up --workers 0` and runs a build.
+//! worker` joins a `lazybarn up --workers 0` and runs a build; and a worker
+//! killed with SIGKILL in the middle of an action takes the action's
+//! processes with it while the scheduler gives the action to another
+//! worker, so the build succeeds.
 //!
 //! The tests run one at a time: each has a Bazel server and a cluster of
 //! its own, and on a two-core machine they would only slow each other down.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use lazybarn_tests::outputs::{OutputFiles, differences, read_outputs};
-use lazybarn_tests::system::processes_mentioning;
+use lazybarn_tests::system::{mounts_under, processes_mentioning};
 use lazybarn_tests::{BazelOutput, BazelWorkspace, LazybarnUp, ServerProcess, workspace_binary};
 
 /// The workspace under `tests/bazel/`.
@@ -46,6 +49,19 @@ const TEST_TIMEOUT_SECS: u64 = 5;
 
 /// How long the timed-out test's processes may linger after Bazel reports it.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// What `//special:slow` writes, also in its command line.
+const SLOW_ACTION_MARKER: &str = "lazybarn-test-slow-action";
+
+/// How long Bazel may take to start `//special:slow` on a worker.
+const ACTION_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The lease of the scheduler whose worker is killed: how long it waits for
+/// a silent worker before the action goes to another.
+const SHORT_LEASE: &str = "3s";
+
+/// How long a restarted worker may take to clear the mounts it left.
+const STALE_MOUNT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first line `//special:tamper` writes for each attempt it makes.
 const TAMPER_ATTEMPTS: [&str; 4] = ["append", "overwrite", "truncate", "chmod"];
@@ -101,7 +117,7 @@ fn a_worker_joins_a_running_scheduler() -> Result<()> {
         &dir.path().join("worker.log"),
     )?;
     let bazel = BazelWorkspace::copy_of(WORKSPACE)?;
-    let build = run(&bazel, "build", &remote_flags(&up), &["//app:banner"])?;
+    let build = run(&bazel, "build", &remote_flags(up.url()), &["//app:banner"])?;
     let summary = build
         .ensure_success()
         .map_err(|error| anyhow!("{error:?}\nworker log:\n{}", worker.log_tail()))?
@@ -111,19 +127,93 @@ fn a_worker_joins_a_running_scheduler() -> Result<()> {
         "the joined worker should run every action: {summary:?}"
     );
     // A standalone worker exports its own metrics.
-    let announced = worker.announced().to_string();
-    let metrics_url = announced
-        .split_once(", metrics ")
-        .and_then(|(_, url)| url.trim().strip_suffix("/metrics"))
-        .with_context(|| format!("no metrics URL in {announced:?}"))?;
-    let metrics = lazybarn_tests::cluster::http_get(metrics_url, "/metrics")?;
+    let completed = actions_completed(&worker)?;
     ensure!(
-        metrics.contains("lazybarn_worker_actions_total{outcome=\"ok\"}"),
-        "the worker's /metrics lacks its action counter:\n{metrics}"
+        completed >= 3,
+        "the worker's /metrics counts {completed} actions completed"
     );
     let status = worker.terminate(Duration::from_secs(30))?;
     ensure!(status.success(), "lazybarn worker exited with {status}");
     up.stop()?;
+    bazel.shutdown()
+}
+
+#[test]
+fn a_killed_worker_loses_no_action() -> Result<()> {
+    let _serial = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("lazybarn-crash-")
+        .tempdir()
+        .context("Failed to create a directory for the cluster")?;
+    // Build directories stay inside, where the action uid can reach them.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+    let scheduler = start_scheduler_with_short_lease(dir.path())?;
+    let url = scheduler.announced().to_string();
+    let mut doomed = start_worker(&url, &dir.path().join("doomed"))?;
+    // A worker killed with SIGKILL leaves its FUSE mount behind; detach it
+    // even if the test fails before the restart below cleans it up.
+    let _detach = DetachMountsUnder(worker_build_dir(&doomed)?);
+    let bazel = BazelWorkspace::copy_of(WORKSPACE)?;
+    let flags = remote_flags(&url);
+
+    let survivor = thread::scope(|scope| -> Result<ServerProcess> {
+        let build = scope.spawn(|| run(&bazel, "build", &flags, &["//special:slow"]));
+        let victims = processes_appearing(SLOW_ACTION_MARKER, ACTION_START_TIMEOUT)?;
+        let survivor = start_worker(&url, &dir.path().join("survivor"))?;
+        let status = doomed.kill()?;
+        ensure!(!status.success(), "the killed worker exited with {status}");
+        processes_gone(&victims, KILL_GRACE).context("the killed worker's action outlived it")?;
+        let build = build.join().expect("the thread running Bazel panicked")?;
+        let summary = build
+            .ensure_success()
+            .map_err(|error| {
+                anyhow!(
+                    "{error:?}\nsurviving worker's log:\n{}",
+                    survivor.log_tail()
+                )
+            })?
+            .summary()?;
+        ensure!(
+            summary.remotely_executed() == 1 && summary.non_internal() == 1,
+            "//special:slow should be one remote action: {summary:?}"
+        );
+        Ok(survivor)
+    })?;
+    let written = fs::read_to_string(bazel.bazel_bin()?.join("special/slow.txt"))?;
+    ensure!(
+        written.trim() == SLOW_ACTION_MARKER,
+        "//special:slow wrote {written:?}"
+    );
+    let completed = actions_completed(&survivor)?;
+    ensure!(
+        completed == 1,
+        "the surviving worker should have completed the action once, not {completed} times"
+    );
+
+    // A FUSE server killed outright leaves its mount behind. Started again
+    // on its data directory, the worker clears it.
+    let build_dir = worker_build_dir(&doomed)?;
+    let stale = mounts_under(&build_dir)?;
+    ensure!(
+        !stale.is_empty(),
+        "the killed worker left no mount under {}",
+        build_dir.display()
+    );
+    let restarted = start_worker(&url, &dir.path().join("doomed"))?;
+    let deadline = Instant::now() + STALE_MOUNT_CLEANUP_TIMEOUT;
+    while !mounts_under(&build_dir)?.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the restarted worker left stale mounts: {:?}\n{}",
+            mounts_under(&build_dir)?,
+            restarted.log_tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    for mut worker in [restarted, survivor] {
+        let status = worker.terminate(Duration::from_secs(30))?;
+        ensure!(status.success(), "lazybarn worker exited with {status}");
+    }
     bazel.shutdown()
 }
 
@@ -160,7 +250,7 @@ fn remote_execution_in(mode: &str, data_dir_kind: DataDir) -> Result<()> {
         "with a {data_dir_kind:?} data directory, the build directory is {}",
         build_dir.display()
     );
-    let flags = remote_flags(&up);
+    let flags = remote_flags(up.url());
     let checks = || -> Result<()> {
         build_remotely_then_from_cache(&bazel, &flags, &expected)?;
         metrics_cover_every_component(&up)?;
@@ -170,7 +260,7 @@ fn remote_execution_in(mode: &str, data_dir_kind: DataDir) -> Result<()> {
     up.stop()?;
 
     let up = LazybarnUp::start(&data_dir, mode, &[], &dir.path().join("up-2.log"))?;
-    let flags = remote_flags(&up);
+    let flags = remote_flags(up.url());
     all_from_cache(
         &bazel,
         &flags,
@@ -181,11 +271,11 @@ fn remote_execution_in(mode: &str, data_dir_kind: DataDir) -> Result<()> {
     bazel.shutdown()
 }
 
-/// Options that send every action to `up`, and fail rather than run one
-/// locally.
-fn remote_flags(up: &LazybarnUp) -> Vec<String> {
+/// Options that send every action to the cluster at `url`, and fail rather
+/// than run one locally.
+fn remote_flags(url: &str) -> Vec<String> {
     vec![
-        format!("--remote_executor={}", up.url()),
+        format!("--remote_executor={url}"),
         "--remote_default_exec_properties=OSFamily=linux".to_string(),
         "--remote_timeout=60".to_string(),
         "--spawn_strategy=remote".to_string(),
@@ -395,6 +485,114 @@ fn a_test_past_its_timeout_is_killed(bazel: &BazelWorkspace, flags: &[String]) -
             bail!("the timed-out test's processes are still running: {left:?}");
         }
         thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `lazybarn scheduler` on free loopback ports, with a lease of
+/// [`SHORT_LEASE`] so that a dead worker's action moves on quickly.
+fn start_scheduler_with_short_lease(dir: &Path) -> Result<ServerProcess> {
+    let config = dir.join("scheduler.toml");
+    fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n\
+             [scheduler]\nlease_duration = \"{SHORT_LEASE}\"\n"
+        ),
+    )?;
+    let mut command = Command::new(workspace_binary(LazybarnUp::BINARY)?);
+    command.arg("scheduler").arg("--config").arg(&config);
+    ServerProcess::start(
+        command,
+        "lazybarn scheduler ready:",
+        &dir.join("scheduler.log"),
+    )
+}
+
+/// `lazybarn worker` with one slot and virtual build directories under
+/// `data_dir`, joined to the scheduler at `url`, serving its metrics.
+fn start_worker(url: &str, data_dir: &Path) -> Result<ServerProcess> {
+    fs::create_dir_all(data_dir)?;
+    let mut command = Command::new(workspace_binary(LazybarnUp::BINARY)?);
+    command
+        .args(["worker", "--scheduler", url, "--workers", "1"])
+        .args(["--build-dir", "virtual", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir);
+    let log = data_dir.with_extension("log");
+    ServerProcess::start(command, "lazybarn worker started:", &log)
+}
+
+/// Where a `lazybarn worker` makes its action directories, from its log.
+fn worker_build_dir(worker: &ServerProcess) -> Result<PathBuf> {
+    let line = worker.logged(LazybarnUp::BUILD_DIR_MARKER)?;
+    let (dir, _mode) = line
+        .rsplit_once(" (")
+        .with_context(|| format!("no mode in {line:?}"))?;
+    Ok(PathBuf::from(dir))
+}
+
+/// How many actions a `lazybarn worker` started with `--http` reports
+/// completed successfully on its /metrics.
+fn actions_completed(worker: &ServerProcess) -> Result<u64> {
+    let announced = worker.announced();
+    let base = announced
+        .split_once(", metrics ")
+        .and_then(|(_, url)| url.trim().strip_suffix("/metrics"))
+        .with_context(|| format!("no metrics URL in {announced:?}"))?;
+    let metrics = lazybarn_tests::cluster::http_get(base, "/metrics")?;
+    let counter = "lazybarn_worker_actions_total{outcome=\"ok\"}";
+    let value = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(counter))
+        .with_context(|| format!("the worker's /metrics lacks {counter}:\n{metrics}"))?;
+    value
+        .trim()
+        .parse()
+        .with_context(|| format!("{counter} has the value {value:?}"))
+}
+
+/// Waits until some process's command line contains `marker`; their pids.
+fn processes_appearing(marker: &str, timeout: Duration) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = processes_mentioning(marker);
+        if !found.is_empty() {
+            return Ok(found.into_iter().map(|(pid, _)| pid).collect());
+        }
+        if Instant::now() > deadline {
+            bail!("no process mentioning {marker:?} started within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until none of `pids` is running.
+fn processes_gone(pids: &[u32], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("processes {left:?} still run after {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lazily unmounts whatever is mounted under its directory when dropped.
+struct DetachMountsUnder(PathBuf);
+
+impl Drop for DetachMountsUnder {
+    fn drop(&mut self) {
+        for mount in mounts_under(&self.0).unwrap_or_default() {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
     }
 }
 
