@@ -31,7 +31,8 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// The storage alone (CAS, ByteStream, Action Cache): a remote cache.
     Storage(StorageArgs),
-    /// The runner daemon alone; it must run as root.
+    /// The runner daemon alone; as root it runs commands as any user, as
+    /// another user only as that user.
     Runner(RunnerArgs),
 }
 

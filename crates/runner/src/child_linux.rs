@@ -18,7 +18,7 @@
 //! and would then wait forever for threads that do not exist in the child.
 //!
 
-use std::ffi::{c_char, c_int, c_long};
+use std::ffi::{CStr, c_char, c_int, c_long};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr;
@@ -58,6 +58,8 @@ pub enum SetupStep {
     Setsid = 8,
     /// `execve` of the program.
     Exec = 9,
+    /// Init writing the uid and gid maps of its user namespace.
+    IdMaps = 10,
 }
 
 impl SetupStep {
@@ -74,6 +76,7 @@ impl SetupStep {
             Setuid,
             Setsid,
             Exec,
+            IdMaps,
         ]
         .into_iter()
         .find(|step| *step as u32 == raw)
@@ -91,6 +94,7 @@ impl SetupStep {
             SetupStep::Setuid => "setresuid",
             SetupStep::Setsid => "setsid",
             SetupStep::Exec => "execve",
+            SetupStep::IdMaps => "writing /proc/self/uid_map and gid_map",
         }
     }
 }
@@ -123,6 +127,23 @@ pub(crate) struct ChildPlan {
     pub uid: u32,
     /// Group id to run as.
     pub gid: u32,
+    /// With a user namespace of its own: what init writes to its uid_map
+    /// and gid_map. `None`: the tree stays in the runner's user namespace.
+    pub id_maps: Option<IdMaps>,
+}
+
+/// The one-line uid and gid maps of a command's own user namespace, each
+/// mapping an id to itself, prepared by the parent.
+#[derive(Clone, Copy)]
+pub(crate) struct IdMaps {
+    /// The text for /proc/self/uid_map.
+    pub uid_map: *const u8,
+    /// Its length in bytes.
+    pub uid_map_len: usize,
+    /// The text for /proc/self/gid_map.
+    pub gid_map: *const u8,
+    /// Its length in bytes.
+    pub gid_map_len: usize,
 }
 
 // SAFETY: the plan is only read, by the spawner thread and the cloned
@@ -156,7 +177,12 @@ pub(crate) type SpawnReply = io::Result<(libc::pid_t, OwnedFd)>;
 /// The plan's pointers must be valid. The child never returns from here.
 pub(crate) unsafe fn clone_process_tree(plan: &ChildPlan) -> SpawnReply {
     let mut pidfd: c_int = -1;
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_PIDFD) as u64;
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_PIDFD) as u64;
+    if plan.id_maps.is_some() {
+        // A new user namespace first, which then owns the new PID namespace:
+        // no privilege is needed for either.
+        flags |= libc::CLONE_NEWUSER as u64;
+    }
     // SAFETY: see the module documentation; the child only runs `init_main`.
     let pid = unsafe { raw_clone(flags, &mut pidfd) };
     match pid {
@@ -245,6 +271,9 @@ unsafe fn init_main(plan: &ChildPlan) -> ! {
             0,
             0,
         );
+        if let Some(maps) = plan.id_maps {
+            check(write_id_maps(maps), plan.errors, SetupStep::IdMaps);
+        }
         // Out of the runner's session and process group, so that a signal
         // to the runner's terminal does not reach the command.
         libc::syscall(libc::SYS_setsid);
@@ -280,6 +309,45 @@ unsafe fn init_main(plan: &ChildPlan) -> ! {
         }
         libc::syscall(libc::SYS_close, ERROR_FD);
         reap_until(command as libc::pid_t)
+    }
+}
+
+/// Maps the runner's uid and gid into init's new user namespace, so that
+/// the command runs there as the same user it is outside. An unprivileged
+/// process may write only such a one-line map of its own ids, and the gid
+/// map only after giving up `setgroups` in the namespace.
+unsafe fn write_id_maps(maps: IdMaps) -> c_long {
+    const DENY: &[u8] = b"deny";
+    let writes: [(&CStr, *const u8, usize); 3] = [
+        (c"/proc/self/setgroups", DENY.as_ptr(), DENY.len()),
+        (c"/proc/self/uid_map", maps.uid_map, maps.uid_map_len),
+        (c"/proc/self/gid_map", maps.gid_map, maps.gid_map_len),
+    ];
+    for (path, text, len) in writes {
+        let result = unsafe { write_file(path, text, len) };
+        if result < 0 {
+            return result;
+        }
+    }
+    0
+}
+
+/// Writes `len` bytes at `text` to the existing file at `path` in one call.
+unsafe fn write_file(path: &CStr, text: *const u8, len: usize) -> c_long {
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return fd;
+        }
+        let written = libc::syscall(libc::SYS_write, fd, text, len);
+        // Keep the write's errno: close succeeds on this file.
+        libc::syscall(libc::SYS_close, fd);
+        written.min(0)
     }
 }
 
@@ -331,11 +399,15 @@ unsafe fn command_main(plan: &ChildPlan) -> ! {
             ERROR_FD,
             SetupStep::Chdir,
         );
-        check(
-            libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()),
-            ERROR_FD,
-            SetupStep::Setgroups,
-        );
+        // In a user namespace of its own, init gave up setgroups, and the
+        // runner's user had no supplementary groups to give the command.
+        if plan.id_maps.is_none() {
+            check(
+                libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()),
+                ERROR_FD,
+                SetupStep::Setgroups,
+            );
+        }
         check(
             libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid),
             ERROR_FD,

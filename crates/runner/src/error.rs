@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use tonic::{Code, Status};
 
+use crate::config::Credentials;
+
 /// Why a `Run` request could not be carried out.
 ///
 /// A command that ran and failed is not an error: it is a `RunResponse`
@@ -169,11 +171,30 @@ pub enum ServeError {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    /// The runner lacks the privileges it needs.
+    /// The runner is not root and was asked for what only root can do.
     #[error(
-        "the runner must run as root: it creates PID namespaces, changes uid and gid, and may chroot"
+        "the runner is not root, so it can only run commands as its own user (uid {}, gid {}) \
+         and without chroot; it was configured for uid {}, gid {}{}. Run it as root, or set \
+         user and group to its own",
+        own.uid, own.gid, requested.uid, requested.gid,
+        if *chroot { " with chroot_into_input_root" } else { "" }
     )]
-    NotRoot,
+    NotRoot {
+        /// The runner's own user and group.
+        own: Credentials,
+        /// What the configuration asked for.
+        requested: Credentials,
+        /// Whether the configuration asked for chroot.
+        chroot: bool,
+    },
+
+    /// The runner is not root and this kernel refuses it user namespaces.
+    #[error(
+        "the runner is not root and this kernel does not let other users create user \
+         namespaces (kernel.unprivileged_userns_clone or user.max_user_namespaces is 0), so \
+         it cannot give each command a PID namespace of its own; run it as root"
+    )]
+    NoUserNamespaces,
 
     /// Another runner is already listening on the socket path.
     #[error("socket {0:?} is in use by a live process")]

@@ -20,8 +20,10 @@
 //! - [`readiness`] answers `CheckReadiness`; [`client`] is how a worker
 //!   connects; [`config::RunnerConfig`] is the daemon's configuration.
 //!
-//! The runner must run as root: it creates PID namespaces, changes uid and
-//! gid, and may chroot.
+//! Run as root, the runner runs commands as any configured user and may
+//! chroot them. Run as another user, it runs commands as that same user
+//! only, each tree in a user namespace of its own so that it still gets a
+//! PID namespace (see [`spawn_linux`]).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("lazybarn-runner needs Linux: PID namespaces, pidfds and clone3");

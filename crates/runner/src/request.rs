@@ -19,6 +19,11 @@ pub struct CommandPolicy {
     pub credentials: Credentials,
     /// Whether commands are chrooted into their input root.
     pub chroot_into_input_root: bool,
+    /// Whether each command also gets a user namespace of its own that maps
+    /// only the runner's uid and gid: how a runner that is not root can still
+    /// give every command a PID namespace. `credentials` are then the
+    /// runner's own.
+    pub own_user_namespace: bool,
 }
 
 /// A validated command, ready to be started.
@@ -44,6 +49,9 @@ pub struct CommandSpec {
     pub timeout: Option<Duration>,
     /// The user and group the command runs as.
     pub credentials: Credentials,
+    /// Whether the command's process tree gets a user namespace of its own
+    /// (see [`CommandPolicy::own_user_namespace`]).
+    pub own_user_namespace: bool,
 }
 
 fn invalid(message: impl Into<String>) -> RunError {
@@ -216,6 +224,7 @@ impl CommandSpec {
             stderr_path: output_path("stderr_path", &request.stderr_path)?,
             timeout: timeout(request.timeout)?,
             credentials: policy.credentials,
+            own_user_namespace: policy.own_user_namespace,
         })
     }
 }
@@ -231,6 +240,7 @@ mod tests {
             gid: 65534,
         },
         chroot_into_input_root: false,
+        own_user_namespace: false,
     };
 
     fn request(arguments: &[&str]) -> RunRequest {

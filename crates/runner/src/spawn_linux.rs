@@ -31,6 +31,13 @@
 //! blocking threads come and go; the spawner thread lives as long as the
 //! runner.
 //!
+//! **A runner that is not root** cannot switch uid or create a PID namespace
+//! on its own, but any user may create a user namespace and, inside it, a
+//! PID namespace. Such a runner clones with `CLONE_NEWUSER` as well, and
+//! init maps only the runner's own uid and gid before starting the command,
+//! so the command runs as that user, with no capability left after
+//! `execve`, and the whole tree still dies with init.
+//!
 //! What runs in the children, and why that is safe in a multi-threaded
 //! process, is in [`child_linux`](crate::child_linux).
 
@@ -44,7 +51,7 @@ use std::ptr;
 use std::sync::Mutex;
 use std::sync::mpsc;
 
-use crate::child_linux::{ChildPlan, FIRST_FREE_FD, SpawnReply, clone_process_tree};
+use crate::child_linux::{ChildPlan, FIRST_FREE_FD, IdMaps, SpawnReply, clone_process_tree};
 use crate::error::RunError;
 use crate::process_tree::{ProcessTree, kill_and_reap};
 use crate::request::CommandSpec;
@@ -79,6 +86,8 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
     ];
     let argv = null_terminated(&spec.arguments);
     let envp = null_terminated(&spec.environment);
+    let uid_map = format!("{0} {0} 1", spec.credentials.uid);
+    let gid_map = format!("{0} {0} 1", spec.credentials.gid);
     let plan = ChildPlan {
         stdin: child_fds[0].as_raw_fd(),
         stdout: child_fds[1].as_raw_fd(),
@@ -92,11 +101,21 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
         envp: envp.as_ptr(),
         uid: spec.credentials.uid,
         gid: spec.credentials.gid,
+        id_maps: spec.own_user_namespace.then(|| IdMaps {
+            uid_map: uid_map.as_ptr(),
+            uid_map_len: uid_map.len(),
+            gid_map: gid_map.as_ptr(),
+            gid_map_len: gid_map.len(),
+        }),
     };
-    let (pid, pidfd) = clone_on_spawner_thread(plan).map_err(|source| RunError::Process {
-        action: "create the command's process",
-        source,
-    })?;
+    let action = if spec.own_user_namespace {
+        "create the command's process in user and PID namespaces of its own (this runner is \
+         not root; see /proc/sys/user/max_user_namespaces)"
+    } else {
+        "create the command's process"
+    };
+    let (pid, pidfd) =
+        clone_on_spawner_thread(plan).map_err(|source| RunError::Process { action, source })?;
     // The children hold their own copies of the descriptors; the runner's
     // are closed when `child_fds` goes out of scope, so that only the
     // children can write to the pipes.

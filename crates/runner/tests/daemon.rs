@@ -291,7 +291,20 @@ async fn start_binary(
     socket: &Path,
     args: &[&std::ffi::OsStr],
 ) -> (tokio::process::Child, RunnerClient<Channel>) {
-    let daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_lazybarn-runner"))
+    start_binary_as(socket, args, None).await
+}
+
+/// [`start_binary`] as user and group `uid`, or as root.
+async fn start_binary_as(
+    socket: &Path,
+    args: &[&std::ffi::OsStr],
+    uid: Option<u32>,
+) -> (tokio::process::Child, RunnerClient<Channel>) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lazybarn-runner"));
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let daemon = command
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -381,4 +394,58 @@ async fn a_runner_that_dies_takes_its_commands_with_it() {
     let left = wait_for_no_processes(&marker, Duration::from_secs(10)).await;
     assert_eq!(left, Vec::<u32>::new(), "commands outlived their runner");
     assert!(call.await.expect("task").is_err(), "the call fails");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_is_not_root_runs_commands_as_itself_and_still_kills_trees() {
+    const NOBODY: u32 = 65534;
+    let dir = writable_work_dir();
+    let socket = dir.path().join("runner.sock");
+    let args = ["--socket".as_ref(), socket.as_os_str()];
+    let (mut daemon, mut client) = start_binary_as(&socket, &args, Some(NOBODY)).await;
+
+    let work = writable_work_dir();
+    let response = client
+        .run(request(work.path(), &["sh", "-c", "id -u; id -g"]))
+        .await
+        .expect("runs")
+        .into_inner();
+    assert_eq!(response.exit_code, 0, "{response:?}");
+    assert_eq!(read_text(work.path().join("stdout")), "65534\n65534\n");
+
+    // Each command still has a PID namespace of its own, so a timeout
+    // kills what it left in the background, even in a session of its own.
+    let marker = unique_marker();
+    let mut req = with_marker(
+        request(work.path(), &["sh", "-c", "setsid sleep 1000 & sleep 1000"]),
+        &marker,
+    );
+    req.timeout = Some(seconds(1));
+    let response = client.run(req).await.expect("runs").into_inner();
+    assert!(response.timed_out, "{response:?}");
+    let left = wait_for_no_processes(&marker, Duration::from_secs(10)).await;
+    assert_eq!(left, Vec::<u32>::new(), "the timed-out tree survived");
+    daemon.start_kill().expect("kill the runner");
+    daemon.wait().await.expect("reap the runner");
+
+    // Asked to run commands as another user, it refuses to start and says
+    // why.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lazybarn-runner"))
+        .args([
+            "--socket".as_ref(),
+            socket.as_os_str(),
+            "--user".as_ref(),
+            "root".as_ref(),
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .await
+        .expect("run lazybarn-runner");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not root") && stderr.contains("uid 0"),
+        "{stderr}"
+    );
 }
