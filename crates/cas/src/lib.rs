@@ -14,6 +14,7 @@
 
 pub mod action_cache;
 pub mod client;
+pub mod config;
 pub mod digest;
 pub mod error;
 pub mod resource;

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES;
 use lazybarn_worker::config::BuildMode;
 
 /// Default most bytes of blobs the storage and each worker's blob cache keep: 10 GiB.
@@ -119,21 +118,27 @@ pub struct SchedulerArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Flags of `lazybarn storage`.
+/// Flags of `lazybarn storage`; flags override the configuration file.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// Address to serve gRPC on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8980")]
-    pub listen: SocketAddr,
-    /// Directory for blobs and Action Cache entries.
+    /// TOML configuration file (see `lazybarn_cas::config`).
     #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Most bytes of blobs kept; least recently used blobs are evicted above it.
-    #[arg(long, default_value_t = DEFAULT_MAX_CACHE_BYTES)]
-    pub max_size: u64,
-    /// Largest sum of blob sizes in one batch call (advertised in Capabilities).
-    #[arg(long, default_value_t = DEFAULT_MAX_BATCH_BYTES)]
-    pub max_batch_size: usize,
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on; port 0 picks a free port [default: 127.0.0.1:8980].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory for blobs and Action Cache entries (required unless the
+    /// configuration file names it).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Most bytes of blobs kept; least recently used blobs are evicted above
+    /// it [default: 10 GiB].
+    #[arg(long)]
+    pub max_size: Option<u64>,
+    /// Largest sum of blob sizes in one batch call (advertised in
+    /// Capabilities) [default: 4 MiB].
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
 }
 
 /// Flags of `lazybarn runner`; flags override the configuration file.

@@ -2,6 +2,7 @@
 //! pieces of a cluster one at a time, for deployments that run them on
 //! different machines. Each takes the same configuration as its own binary.
 
+use lazybarn_cas::config::{StorageOverrides, StorageServerConfig};
 use lazybarn_cas::server::{self as storage_server, Storage};
 use lazybarn_runner::{RunnerConfig, RunnerDaemon};
 use lazybarn_scheduler::ServerConfig;
@@ -35,10 +36,22 @@ pub async fn scheduler(args: SchedulerArgs) -> Result<(), LazybarnError> {
 /// Serves the storage alone until SIGINT or SIGTERM.
 pub async fn storage(args: StorageArgs) -> Result<(), LazybarnError> {
     let mut signal = ShutdownSignal::install()?;
-    let storage = Storage::open(&args.data_dir, args.max_size, args.max_batch_size)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let overrides = StorageOverrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        max_size_bytes: args.max_size,
+        max_batch_bytes: args.max_batch_size,
+    };
+    let config = StorageServerConfig::with_overrides(args.config.as_deref(), overrides)
+        .map_err(LazybarnError::Config)?;
+    let storage = Storage::open(
+        config.data_dir(),
+        config.max_size_bytes,
+        config.max_batch_bytes,
+    )?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| LazybarnError::Startup(format!("listening on {}: {e}", args.listen)))?;
+        .map_err(|e| LazybarnError::Startup(format!("listening on {}: {e}", config.listen)))?;
     println!("lazybarn storage ready: grpc://{}", local_addr(&listener)?);
     storage_server::serve(listener, storage.routes(), signal.recv()).await?;
     tracing::info!("lazybarn storage stopped");
