@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use lazybarn_worker::config::BuildMode;
@@ -65,6 +66,10 @@ pub struct UpArgs {
     /// [default: OSFamily=linux].
     #[arg(long = "platform", value_name = "NAME=VALUE")]
     pub platform: Vec<String>,
+    /// How long the worker's running actions may take to finish once
+    /// SIGINT or SIGTERM arrives (a second signal stops them at once).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 /// Flags of `lazybarn worker`.
@@ -107,6 +112,14 @@ pub struct WorkerArgs {
     /// on, at `/metrics`; port 0 picks a free port [default: none].
     #[arg(long)]
     pub http: Option<std::net::SocketAddr>,
+    /// How long running actions may take to finish once SIGTERM or SIGINT
+    /// arrives, e.g. `20s` or `5m`; what is still running then goes back to
+    /// the scheduler, as does everything on a second signal. Keep it at
+    /// least 10 s below the grace period of whatever sends the signal
+    /// (Kubernetes terminationGracePeriodSeconds) [default: the
+    /// configuration file's `drain_timeout`, else 20s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
 }
 
 /// Flags of `lazybarn scheduler`.
@@ -184,6 +197,20 @@ mod tests {
         assert_eq!(up.http.to_string(), "127.0.0.1:8981");
         assert_eq!(up.build_dir, BuildMode::Virtual);
         assert_eq!(up.workers, None);
+        assert_eq!(
+            up.drain_timeout,
+            lazybarn_worker::config::DEFAULT_DRAIN_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn drain_timeouts_are_durations() {
+        let cli = Cli::parse_from(["lazybarn", "worker", "--drain-timeout", "2m"]);
+        let Command::Worker(worker) = cli.command else {
+            panic!("not worker: {cli:?}")
+        };
+        assert_eq!(worker.drain_timeout, Some(Duration::from_secs(120)));
+        assert!(Cli::try_parse_from(["lazybarn", "up", "--drain-timeout", "soon"]).is_err());
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! the worker registers; only then is `lazybarn ready: grpc://ADDR`
 //! printed. Shutdown (SIGINT, SIGTERM, or any piece failing) goes the other
 //! way: the worker stops and unmounts its action directories, then the
-//! runner, then the scheduler.
+//! runner, then the scheduler. On a signal the worker first drains (see
+//! `lazybarn_worker::drain`): running actions get its drain timeout to
+//! finish and report, and a second signal gives them back at once.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -21,6 +23,7 @@ use std::time::Duration;
 use lazybarn_scheduler::ServerConfig;
 use lazybarn_scheduler::config::StorageConfig;
 use lazybarn_scheduler::server::{self, Listeners, ServerError};
+use lazybarn_worker::Stop;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,7 +50,7 @@ const DATA_DIR_NAME: &str = "lazybarn";
 struct Piece<E> {
     /// None once the task has been seen to end.
     task: Option<JoinHandle<Result<(), E>>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
 }
 
 impl<E> Piece<E>
@@ -65,13 +68,27 @@ where
         result
     }
 
-    /// Stops the piece and waits for it.
-    async fn stop(self) -> Result<(), LazybarnError> {
-        let _ = self.stop.send(true);
-        match self.task {
-            Some(task) => joined(task.await),
-            None => Ok(()),
+    /// Stops the piece at `level` and waits for it. With a signal, the
+    /// signal arriving meanwhile raises the level to [`Stop::Now`].
+    async fn stop(
+        self,
+        level: Stop,
+        signal: Option<&mut ShutdownSignal>,
+    ) -> Result<(), LazybarnError> {
+        self.stop.send_replace(level);
+        let Some(mut task) = self.task else {
+            return Ok(());
+        };
+        if let Some(signal) = signal.filter(|_| level < Stop::Now) {
+            tokio::select! {
+                result = &mut task => return joined(result),
+                () = signal.recv() => {
+                    eprintln!("lazybarn: giving the worker's running actions back to the scheduler");
+                    self.stop.send_replace(Stop::Now);
+                }
+            }
         }
+        joined(task.await)
     }
 }
 
@@ -94,7 +111,7 @@ pub async fn up(args: UpArgs) -> Result<(), LazybarnError> {
         }
         let registered = tokio::select! {
             registered = cluster.registered(&metrics) => registered,
-            () = signal.recv() => return cluster.stop().await,
+            () = signal.recv() => return cluster.stop(Some(&mut signal)).await,
         };
         if let Err(error) = registered {
             return cluster.abort(error).await;
@@ -106,10 +123,22 @@ pub async fn up(args: UpArgs) -> Result<(), LazybarnError> {
         () = signal.recv() => None,
         error = cluster.failed() => Some(error),
     };
-    eprintln!("lazybarn: stopping");
     match failure {
-        Some(error) => cluster.abort(error).await,
-        None => cluster.stop().await,
+        Some(error) => {
+            eprintln!("lazybarn: stopping");
+            cluster.abort(error).await
+        }
+        None if cluster.worker.is_some() => {
+            eprintln!(
+                "lazybarn: stopping; the worker drains first (signal again to give its running \
+                 actions back at once)"
+            );
+            cluster.stop(Some(&mut signal)).await
+        }
+        None => {
+            eprintln!("lazybarn: stopping");
+            cluster.stop(None).await
+        }
     }
 }
 
@@ -147,6 +176,7 @@ impl UpPlan {
             max_cache_bytes: args.max_cache_size,
             platform: parse_platform(&args.platform)?,
             user,
+            drain_timeout: args.drain_timeout,
         };
         // Creates the data directory too, before the storage opens its part.
         let layout = Layout::plan(&data_dir, user.uid)?;
@@ -185,7 +215,7 @@ async fn start_scheduler(
     let listeners = Listeners::bind(&config).await?;
     let grpc = bound(&listeners.grpc)?;
     println!("lazybarn status: http://{}", bound(&listeners.http)?);
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(Stop::Run);
     let task = tokio::spawn(server::run(
         config,
         listeners,
@@ -224,23 +254,35 @@ impl Cluster {
         }
     }
 
-    /// Stops everything after `error`, which is what is returned.
+    /// Stops everything after `error`, which is what is returned. The
+    /// worker does not wait for its actions: with a piece gone, they could
+    /// not be reported anyway.
     async fn abort(self, error: LazybarnError) -> Result<(), LazybarnError> {
-        if let Err(also) = self.stop().await {
+        if let Err(also) = self.stop_at(Stop::Now, None).await {
             tracing::warn!("while stopping: {also}");
         }
         Err(error)
     }
 
-    /// Stops the worker (and its runner), then the scheduler; removes a
-    /// build directory outside the data directory if the worker left it
-    /// empty.
-    async fn stop(self) -> Result<(), LazybarnError> {
+    /// Drains the worker (a signal meanwhile cuts that short), then stops
+    /// the runner and the scheduler.
+    async fn stop(self, signal: Option<&mut ShutdownSignal>) -> Result<(), LazybarnError> {
+        self.stop_at(Stop::Drain, signal).await
+    }
+
+    /// Stops the worker at `level` (and its runner), then the scheduler;
+    /// removes a build directory outside the data directory if the worker
+    /// left it empty.
+    async fn stop_at(
+        self,
+        level: Stop,
+        signal: Option<&mut ShutdownSignal>,
+    ) -> Result<(), LazybarnError> {
         let worker_result = match self.worker {
-            Some(worker) => worker.stop().await,
+            Some(worker) => worker.stop(level, signal).await,
             None => Ok(()),
         };
-        let scheduler_result = self.scheduler.stop().await;
+        let scheduler_result = self.scheduler.stop(Stop::Now, None).await;
         if let Some(layout) = self.layout.filter(|l| l.relocated_because.is_some()) {
             let _ = fs::remove_dir(&layout.build_dir);
         }
@@ -257,7 +299,7 @@ async fn start_worker(
     let runner =
         RunnerChild::start(&layout.runner_socket, settings.user.uid, settings.user.gid).await?;
     let config = worker_config(settings, layout);
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(Stop::Run);
     Ok(Piece {
         task: Some(tokio::spawn(run_worker(config, Some(runner), stop_rx))),
         stop,

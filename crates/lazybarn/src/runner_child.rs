@@ -55,6 +55,10 @@ impl RunnerChild {
             // The runner logs on stderr, next to ours; our stdout is for
             // the lines scripts wait for.
             .stdout(Stdio::null())
+            // Its own process group: Ctrl-C in a terminal signals the whole
+            // foreground group, and the runner must outlive the worker's
+            // drain, which ends by stopping it.
+            .process_group(0)
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches no memory of the
         // parent; this closure runs between fork and exec.

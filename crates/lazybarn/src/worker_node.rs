@@ -4,8 +4,10 @@
 //! configuration, and running the worker next to its runner.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 
+use lazybarn_worker::Stop;
 use lazybarn_worker::config::{BuildMode, WorkerConfig};
 use tokio::sync::watch;
 
@@ -125,6 +127,8 @@ pub struct WorkerSettings {
     pub platform: BTreeMap<String, Vec<String>>,
     /// Who commands run as.
     pub user: ActionUser,
+    /// How long running actions may take to finish once told to stop.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// The worker's configuration for `settings` in `layout`.
@@ -144,6 +148,7 @@ pub fn worker_config(settings: &WorkerSettings, layout: &Layout) -> WorkerConfig
         action_uid: settings.user.uid,
         action_gid: settings.user.gid,
         fetch_concurrency: 32,
+        drain_timeout: settings.drain_timeout,
     }
 }
 
@@ -165,29 +170,33 @@ pub fn announce_layout(layout: &Layout, mode: BuildMode) {
     );
 }
 
-/// Runs the worker until `stop` turns true, then stops `runner`. If the
-/// runner exits first, the worker is stopped and that is the error.
+/// Runs the worker until `stop` reaches [`Stop::Drain`] and it has drained,
+/// passing on a later [`Stop::Now`], then stops `runner`. If the runner exits
+/// first, the worker gives back what it runs at once (nothing can finish
+/// without the runner), and that is the error.
 pub async fn run_worker(
     config: WorkerConfig,
     runner: Option<RunnerChild>,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Stop>,
 ) -> Result<(), LazybarnError> {
     let Some(mut runner) = runner else {
-        return Ok(lazybarn_worker::run(config, stopped(stop)).await?);
+        return Ok(lazybarn_worker::run_until(config, stop).await?);
     };
-    let (stop_worker, worker_stopped) = watch::channel(false);
-    let worker = lazybarn_worker::run(config, stopped(worker_stopped));
+    let (to_worker, worker_stop) = watch::channel(*stop.borrow());
+    let worker = lazybarn_worker::run_until(config, worker_stop);
     tokio::pin!(worker);
-    let runner_died = tokio::select! {
-        result = &mut worker => Err(result),
-        status = runner.exited() => Ok(Some(status)),
-        () = stopped(stop) => Ok(None),
-    };
-    let (result, runner_died) = match runner_died {
-        Err(result) => (result, None),
-        Ok(runner_died) => {
-            let _ = stop_worker.send(true);
-            (worker.await, runner_died)
+    let mut runner_died = None;
+    let mut orders = Some(stop);
+    let result = loop {
+        tokio::select! {
+            result = &mut worker => break result,
+            status = runner.exited(), if runner_died.is_none() => {
+                runner_died = Some(status);
+                to_worker.send_replace(Stop::Now);
+            }
+            level = next_order(&mut orders) => {
+                to_worker.send_if_modified(|current| raise(current, level));
+            }
         }
     };
     match runner_died {
@@ -206,12 +215,38 @@ pub async fn run_worker(
     }
 }
 
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
+/// The next stop level `orders` sends. A sender that is gone means
+/// [`Stop::Now`], once; then this never resolves again.
+async fn next_order(orders: &mut Option<watch::Receiver<Stop>>) -> Stop {
+    let Some(receiver) = orders else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_ok() {
+        return *receiver.borrow_and_update();
+    }
+    *orders = None;
+    Stop::Now
 }
 
-/// `lazybarn worker`: runs until SIGINT or SIGTERM.
+/// Raises `current` to `level`; a stop level never goes back down. Returns
+/// whether it changed.
+fn raise(current: &mut Stop, level: Stop) -> bool {
+    if level > *current {
+        *current = level;
+        return true;
+    }
+    false
+}
+
+/// Resolves once `stop` asks for a stop of any kind (or its sender is
+/// gone).
+pub async fn stopped(mut stop: watch::Receiver<Stop>) {
+    let _ = stop.wait_for(|stop| *stop >= Stop::Drain).await;
+}
+
+/// `lazybarn worker`: runs until SIGINT or SIGTERM, then drains: no new
+/// work, running actions get the drain timeout to finish, the rest goes back
+/// to the scheduler. A second signal gives everything back at once.
 pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     let mut signal = ShutdownSignal::install()?;
     let config = configure(&args)?;
@@ -221,22 +256,53 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     } else {
         Some(RunnerChild::start(&config.runner_socket, config.action_uid, config.action_gid).await?)
     };
-    let (stop, stop_rx) = watch::channel(false);
+    // /metrics stays up while the worker drains, for probes and scrapes.
+    let (done, done_rx) = watch::channel(Stop::Run);
     let metrics = match args.http {
-        Some(addr) => format!(", metrics {}", serve_metrics(addr, stop_rx.clone()).await?),
+        Some(addr) => format!(", metrics {}", serve_metrics(addr, done_rx).await?),
         None => String::new(),
     };
     println!(
         "lazybarn worker started: scheduler {}, slots {}{metrics}",
         config.scheduler, config.slots
     );
+    let drain_timeout = config.drain_timeout;
+    let (stop, stop_rx) = watch::channel(Stop::Run);
     let worker = run_worker(config, runner, stop_rx);
     tokio::pin!(worker);
-    tokio::select! {
-        result = &mut worker => return result,
-        () = signal.recv() => {}
+    let result = until_drained(&mut worker, &stop, &mut signal, drain_timeout).await;
+    done.send_replace(Stop::Drain);
+    result
+}
+
+/// Drives `worker` through the first signal (drain) and a second one (give
+/// everything back now) to its end.
+pub async fn until_drained(
+    worker: &mut (impl Future<Output = Result<(), LazybarnError>> + Unpin),
+    stop: &watch::Sender<Stop>,
+    signal: &mut ShutdownSignal,
+    drain_timeout: std::time::Duration,
+) -> Result<(), LazybarnError> {
+    for (level, message) in [
+        (
+            Stop::Drain,
+            format!(
+                "lazybarn: draining the worker: no new work, running actions have {drain_timeout:?} \
+             to finish (signal again to give them back at once)"
+            ),
+        ),
+        (
+            Stop::Now,
+            "lazybarn: giving running actions back to the scheduler".to_string(),
+        ),
+    ] {
+        tokio::select! {
+            result = &mut *worker => return result,
+            () = signal.recv() => {}
+        }
+        eprintln!("{message}");
+        stop.send_replace(level);
     }
-    let _ = stop.send(true);
     worker.await
 }
 
@@ -244,7 +310,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
 /// `stop`; returns the URL.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Stop>,
 ) -> Result<String, LazybarnError> {
     let handle = lazybarn_scheduler::metrics::install_prometheus()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -292,6 +358,9 @@ fn configure(args: &WorkerArgs) -> Result<WorkerConfig, LazybarnError> {
     if !args.platform.is_empty() {
         config.platform = parse_platform(&args.platform)?;
     }
+    if let Some(timeout) = args.drain_timeout {
+        config.drain_timeout = timeout;
+    }
     config.build_mode = usable_build_mode(config.build_mode);
     for dir in [&config.build_directory, &config.cache_directory] {
         std::fs::create_dir_all(dir).map_err(LazybarnError::io("creating", dir))?;
@@ -317,6 +386,9 @@ fn configure_from_flags(args: &WorkerArgs) -> Result<WorkerConfig, LazybarnError
         max_cache_bytes: args.max_cache_size.unwrap_or(DEFAULT_MAX_CACHE_BYTES),
         platform: parse_platform(&args.platform)?,
         user,
+        drain_timeout: args
+            .drain_timeout
+            .unwrap_or(lazybarn_worker::config::DEFAULT_DRAIN_TIMEOUT),
     };
     if let Some(why) = &layout.relocated_because {
         eprintln!(
@@ -338,6 +410,46 @@ fn announce_layout_of(config: &WorkerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_first_signal_drains_the_worker_and_a_second_gives_everything_back() {
+        let mut signal = ShutdownSignal::install().expect("signal handlers");
+        let (stop, mut seen) = watch::channel(Stop::Run);
+        let mut levels = seen.clone();
+        let worker = async move {
+            let _ = seen.wait_for(|level| *level == Stop::Now).await;
+            Ok(())
+        };
+        tokio::pin!(worker);
+        let terminate =
+            || nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).expect("raise SIGTERM");
+        let signals = tokio::spawn(async move {
+            terminate();
+            let _ = levels.wait_for(|level| *level == Stop::Drain).await;
+            terminate();
+        });
+        let drained = until_drained(
+            &mut worker,
+            &stop,
+            &mut signal,
+            std::time::Duration::from_secs(1),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(30), drained)
+            .await
+            .expect("two signals end the worker")
+            .expect("the worker's result");
+        assert_eq!(*stop.borrow(), Stop::Now);
+        signals.await.expect("signals task");
+    }
+
+    #[test]
+    fn stop_levels_only_go_up() {
+        let mut level = Stop::Drain;
+        assert!(!raise(&mut level, Stop::Run));
+        assert_eq!(level, Stop::Drain);
+        assert!(raise(&mut level, Stop::Now));
+        assert_eq!(level, Stop::Now);
+    }
 
     #[test]
     fn platform_entries_group_by_name() {
@@ -370,6 +482,7 @@ mod tests {
             config: Some(file),
             external_runner: false,
             http: None,
+            drain_timeout: None,
         };
         let error = configure(&args).expect_err("unknown key");
         assert!(error.to_string().contains("slotz"), "{error}");

@@ -211,6 +211,7 @@ async fn start_noop_worker(channel: Channel, id: &str, slots: usize) {
             worker_id: id.into(),
             platform: None,
             slots: slots as u32,
+            session_id: String::new(),
         })
         .await
         .expect("register");

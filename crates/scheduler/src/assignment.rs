@@ -1,5 +1,5 @@
 //! The worker side of the state: registration, taking actions, progress,
-//! completion, and handing actions back to the queue.
+//! completion, draining, and handing actions back to the queue.
 //!
 //! An execution held by a worker has its own lease (`Assignment::renewed`),
 //! renewed whenever the worker lists it in ReportProgress; `leases.rs` takes
@@ -15,25 +15,45 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::{Result, SchedulerError};
+use crate::metrics as names;
 use crate::platform::WorkerPlatform;
 use crate::state::{Assignment, Execution, Phase, State, Waiter, Worker};
 
 impl State {
-    /// Registers a worker, or updates the one registered under `id`; the
-    /// executions it holds stay its own.
-    pub fn register(&mut self, id: &str, platform: &Platform, slots: u32, now: Instant) {
+    /// Registers a worker. Under a known `id`, the same non-empty `session`
+    /// updates it and it keeps its executions (and its draining state);
+    /// another session is a restarted process, which has forgotten what the
+    /// old one ran, so those executions are queued again at once.
+    pub fn register(
+        &mut self,
+        id: &str,
+        platform: &Platform,
+        slots: u32,
+        session: &str,
+        now: Instant,
+    ) {
         let offer = WorkerPlatform::new(platform);
         if let Some(worker) = self.workers.get_mut(id) {
-            worker.platform = offer;
-            worker.slots = slots;
-            worker.last_seen = now;
-            return;
+            if !session.is_empty() && *worker.session == *session {
+                worker.platform = offer;
+                worker.slots = slots;
+                worker.last_seen = now;
+                return;
+            }
+            tracing::info!(
+                worker = %id,
+                executions = worker.executions.len(),
+                "worker restarted (new session): retrying what it held"
+            );
+            self.remove_worker(id, "the worker restarted", now);
         }
         let id: Arc<str> = id.into();
         self.workers.insert(
             id.clone(),
             Worker {
                 id,
+                session: session.into(),
+                draining_since: None,
                 platform: offer,
                 slots,
                 executions: Default::default(),
@@ -42,7 +62,7 @@ impl State {
                 registered: SystemTime::now(),
             },
         );
-        self.workers_gauge.set(self.workers.len() as f64);
+        self.count_workers();
     }
 
     /// Renews the lease of a registered worker.
@@ -57,9 +77,16 @@ impl State {
         Ok(worker)
     }
 
-    /// A PollWork call of worker `id` starts: its lease holds meanwhile.
+    /// A PollWork call of worker `id` starts: its lease holds meanwhile. A
+    /// draining worker is refused.
     pub fn begin_poll(&mut self, id: &str, now: Instant) -> Result<()> {
-        self.touch(id, now)?.active_polls += 1;
+        let worker = self.touch(id, now)?;
+        if worker.draining_since.is_some() {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "PollWork: worker {id:?} is draining and takes no new work"
+            )));
+        }
+        worker.active_polls += 1;
         Ok(())
     }
 
@@ -73,7 +100,10 @@ impl State {
 
     /// Takes the best queued action worker `id` can run.
     pub fn take_work(&mut self, id: &str, now: Instant) -> Option<WorkAssignment> {
-        let worker = self.workers.get(id)?;
+        let worker = self
+            .workers
+            .get(id)
+            .filter(|w| w.draining_since.is_none())?;
         let worker_id = worker.id.clone();
         let counts = &self.executing_by_build;
         let executing = |build: &str| counts.get(build).copied().unwrap_or(0);
@@ -217,6 +247,58 @@ impl State {
             }
         }
         Ok(cancelled)
+    }
+
+    /// Marks worker `id` as draining (again): its open PollWork calls end
+    /// empty and it gets no more work. Returns the execution ids it holds,
+    /// sorted.
+    pub fn drain(&mut self, id: &str, now: Instant) -> Result<Vec<String>> {
+        let worker = self.workers.get_mut(id).ok_or_else(|| {
+            SchedulerError::NotFound(format!("Drain: worker {id:?} is not registered"))
+        })?;
+        worker.last_seen = now;
+        if worker.draining_since.is_none() {
+            worker.draining_since = Some(now);
+            tracing::info!(worker = %id, executions = worker.executions.len(), "worker draining");
+        }
+        let mut held: Vec<String> = worker.executions.iter().map(|e| e.to_string()).collect();
+        held.sort();
+        // Dropping a waiter's sender answers its PollWork call with nothing.
+        self.waiters.retain(|w| &*w.worker != id);
+        self.count_workers();
+        Ok(held)
+    }
+
+    /// Worker `worker_id` gives back `execution_id` unfinished: it is queued
+    /// again at once, at its old place, without counting as a failure.
+    pub fn give_back(
+        &mut self,
+        worker_id: &str,
+        execution_id: &str,
+        reason: &str,
+        now: Instant,
+    ) -> Result<()> {
+        let worker = self.workers.get_mut(worker_id).ok_or_else(|| {
+            SchedulerError::NotFound(format!(
+                "RequeueExecution: worker {worker_id:?} is not registered"
+            ))
+        })?;
+        worker.last_seen = now;
+        if self.completion_target(worker_id, execution_id).is_none() {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "RequeueExecution: worker {worker_id:?} does not hold execution {execution_id:?} \
+                 (it was completed, cancelled, given back already, or taken back after a lost \
+                 lease)"
+            )));
+        }
+        let name = self.assignments[execution_id].clone();
+        if let Some(execution) = self.executions.get_mut(&name) {
+            execution.given_back += 1;
+        }
+        tracing::info!(worker = %worker_id, execution = %execution_id, operation = %name, reason, "execution given back; queued again");
+        metrics::counter!(names::REQUEUED_TOTAL).increment(1);
+        self.requeue(&name, now);
+        Ok(())
     }
 
     /// The action digest of `execution_id` and whether its result may be

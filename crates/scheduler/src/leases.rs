@@ -35,19 +35,25 @@ impl State {
             .collect();
         for id in expired {
             tracing::warn!(worker = %id, "worker lost: no contact for {lease:?}");
-            self.remove_worker(&id, now);
+            self.remove_worker(&id, &format!("no contact for {lease:?}"), now);
         }
     }
 
-    /// Removes worker `id`; every execution it held is lost.
-    pub fn remove_worker(&mut self, id: &str, now: Instant) {
+    /// Removes worker `id`, gone because of `why`; every execution it held
+    /// is lost, and its open PollWork calls end empty.
+    pub fn remove_worker(&mut self, id: &str, why: &str, now: Instant) {
         let Some(worker) = self.workers.remove(id) else {
             return;
         };
-        self.workers_gauge.set(self.workers.len() as f64);
-        for execution_id in worker.executions {
+        // A call still open from the worker that is gone must not receive an
+        // action meant for a worker registering under its id.
+        self.waiters.retain(|w| w.worker != worker.id);
+        self.count_workers();
+        let mut held: Vec<_> = worker.executions.into_iter().collect();
+        held.sort();
+        for execution_id in held {
             if let Some(name) = self.assignments.get(&execution_id).cloned() {
-                self.lose(&name, &worker.id, now);
+                self.lose(&name, &worker.id, why, now);
             }
         }
     }
@@ -69,23 +75,24 @@ impl State {
             .collect();
         for (name, worker) in expired {
             tracing::warn!(operation = %name, %worker, "execution lease ran out");
-            self.lose(&name, &worker, now);
+            let why = format!("no progress reported for {lease:?}");
+            self.lose(&name, &worker, &why, now);
         }
     }
 
-    /// An execution's worker is gone: queue it again, or fail it once it
-    /// has used up its retries.
-    fn lose(&mut self, name: &Arc<str>, worker: &Arc<str>, now: Instant) {
+    /// An execution's worker is gone (because of `why`): queue it again, or
+    /// fail it once it has used up its retries.
+    fn lose(&mut self, name: &Arc<str>, worker: &Arc<str>, why: &str, now: Instant) {
         let Some(execution) = self.executions.get_mut(name) else {
             return;
         };
         execution.lost_worker = Some(worker.clone());
         let attempts = execution.attempts;
-        if attempts > self.config.max_retries {
+        if attempts.saturating_sub(execution.given_back) > self.config.max_retries {
             let message = format!(
-                "action {} was lost with worker {worker} (no contact for {:?}); \
+                "action {} was lost with worker {worker} ({why}); \
                  gave up after {attempts} attempt(s)",
-                execution.work.loaded.digest, self.config.lease_duration
+                execution.work.loaded.digest
             );
             self.finish(name, operation::failure(Code::Unavailable, message), now);
             return;
@@ -116,16 +123,14 @@ impl State {
     }
 
     /// Fails the queued actions of platforms no registered worker has
-    /// satisfied for the configured time.
+    /// taken for the configured time. A draining worker does not count: it
+    /// will never take them.
     fn fail_unserved_platforms(&mut self, now: Instant) {
         let limit = self.config.no_worker_timeout;
         let workers = &self.workers;
         let mut unserved = Vec::new();
         for (key, queue) in self.queues.iter_mut() {
-            if workers
-                .values()
-                .any(|w| w.platform.satisfies(&key.platform))
-            {
+            if workers.values().any(|w| w.takes(&key.platform)) {
                 queue.no_worker_since = None;
                 continue;
             }

@@ -22,6 +22,11 @@ pub const CACHE_HITS_TOTAL: &str = "lazybarn_scheduler_cache_hits_total";
 pub const RETRIES_TOTAL: &str = "lazybarn_scheduler_retries_total";
 /// Gauge: registered workers.
 pub const WORKERS: &str = "lazybarn_scheduler_workers";
+/// Gauge, by state (`active`, `draining`): registered workers.
+pub const WORKERS_BY_STATE: &str = "lazybarn_scheduler_workers_by_state";
+/// Counter: executions a worker gave back unfinished (it was stopping),
+/// queued again at once.
+pub const REQUEUED_TOTAL: &str = "lazybarn_scheduler_requeued_total";
 /// Counter, by outcome: executions finished.
 pub const COMPLETED_TOTAL: &str = "lazybarn_scheduler_completed_total";
 /// Histogram: seconds from a worker taking an action to its result.
@@ -51,6 +56,14 @@ pub fn describe() {
         "Actions queued again after their worker was lost."
     );
     describe_gauge!(WORKERS, "Registered workers.");
+    describe_gauge!(
+        WORKERS_BY_STATE,
+        "Registered workers, by state: active (taking work) or draining (stopping)."
+    );
+    describe_counter!(
+        REQUEUED_TOTAL,
+        "Executions a stopping worker gave back unfinished, queued again at once."
+    );
     describe_counter!(COMPLETED_TOTAL, "Executions finished, by outcome.");
     describe_histogram!(
         EXECUTION_DURATION,
@@ -67,11 +80,15 @@ pub fn register() {
         DEDUPLICATED_TOTAL,
         CACHE_HITS_TOTAL,
         RETRIES_TOTAL,
+        REQUEUED_TOTAL,
     ] {
         metrics::counter!(counter).increment(0);
     }
     metrics::gauge!(EXECUTING_OPERATIONS).set(0.0);
     metrics::gauge!(WORKERS).set(0.0);
+    for state in ["active", "draining"] {
+        metrics::gauge!(WORKERS_BY_STATE, "state" => state).set(0.0);
+    }
 }
 
 /// A Prometheus recorder with the scheduler's histogram buckets, installed

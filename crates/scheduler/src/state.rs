@@ -89,6 +89,9 @@ pub struct Execution {
     pub position: Position,
     /// How many times a worker took it.
     pub attempts: u32,
+    /// How many of those attempts a stopping worker gave back unfinished;
+    /// they do not count against the retry limit.
+    pub given_back: u32,
     /// Queued or executing.
     pub phase: Phase,
     /// Connected clients (Execute and WaitExecution streams).
@@ -107,6 +110,12 @@ pub struct Execution {
 pub struct Worker {
     /// Its id.
     pub id: Arc<str>,
+    /// The session id of the process that registered it; another one under
+    /// the same id is a restarted process.
+    pub session: Arc<str>,
+    /// Since when it has been draining: it takes no new work and is about to
+    /// leave. None while it takes work.
+    pub draining_since: Option<Instant>,
     /// What it offers.
     pub platform: WorkerPlatform,
     /// How many actions it runs at once.
@@ -119,6 +128,14 @@ pub struct Worker {
     pub active_polls: usize,
     /// When it registered.
     pub registered: SystemTime,
+}
+
+impl Worker {
+    /// Whether it may be given an action of `platform`: it offers the
+    /// platform and is not draining.
+    pub fn takes(&self, platform: &PlatformKey) -> bool {
+        self.draining_since.is_none() && self.platform.satisfies(platform)
+    }
 }
 
 /// A PollWork call waiting for an action.
@@ -166,6 +183,8 @@ pub struct State {
     pub(crate) boot: String,
     pub(crate) executing_gauge: Gauge,
     pub(crate) workers_gauge: Gauge,
+    pub(crate) active_workers_gauge: Gauge,
+    pub(crate) draining_workers_gauge: Gauge,
 }
 
 /// What an Execute call joins or creates.
@@ -200,7 +219,22 @@ impl State {
             boot: boot[..8].to_string(),
             executing_gauge: metrics::gauge!(names::EXECUTING_OPERATIONS),
             workers_gauge: metrics::gauge!(names::WORKERS),
+            active_workers_gauge: metrics::gauge!(names::WORKERS_BY_STATE, "state" => "active"),
+            draining_workers_gauge: metrics::gauge!(names::WORKERS_BY_STATE, "state" => "draining"),
         }
+    }
+
+    /// Sets the worker gauges from the registered workers.
+    pub(crate) fn count_workers(&self) {
+        let draining = self
+            .workers
+            .values()
+            .filter(|w| w.draining_since.is_some())
+            .count();
+        let total = self.workers.len();
+        self.workers_gauge.set(total as f64);
+        self.active_workers_gauge.set((total - draining) as f64);
+        self.draining_workers_gauge.set(draining as f64);
     }
 
     /// Joins the in-flight execution of `key`, if there is one.
@@ -248,6 +282,7 @@ impl State {
             queue,
             position,
             attempts: 0,
+            given_back: 0,
             phase: Phase::Queued,
             clients: 1,
             orphaned_since: None,
@@ -323,7 +358,7 @@ impl State {
         let found = self.waiters.iter().position(|w| {
             workers
                 .get(&w.worker)
-                .is_some_and(|worker| worker.platform.satisfies(&platform))
+                .is_some_and(|worker| worker.takes(&platform))
         });
         if let Some(index) = found {
             let waiter = self.waiters.remove(index).expect("index was just found");

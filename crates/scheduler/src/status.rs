@@ -44,6 +44,32 @@ pub struct WorkerStatus {
     pub last_seen_seconds_ago: f64,
     /// Whether a PollWork call of it is open.
     pub polling: bool,
+    /// Whether it takes work or is stopping.
+    pub state: WorkerState,
+    /// Seconds since it started draining; absent while it takes work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining_seconds: Option<f64>,
+}
+
+/// What a registered worker is doing, as the status page says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// It takes new work.
+    Active,
+    /// It is stopping: it takes no new work and finishes or gives back what
+    /// it holds.
+    Draining,
+}
+
+impl WorkerState {
+    /// The state as the page and the JSON spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "active",
+            WorkerState::Draining => "draining",
+        }
+    }
 }
 
 /// One in-flight operation.
@@ -93,6 +119,13 @@ impl StatusSnapshot {
                     current_executions: current,
                     last_seen_seconds_ago: now.saturating_duration_since(w.last_seen).as_secs_f64(),
                     polling: w.active_polls > 0,
+                    state: match w.draining_since {
+                        Some(_) => WorkerState::Draining,
+                        None => WorkerState::Active,
+                    },
+                    draining_seconds: w
+                        .draining_since
+                        .map(|since| now.saturating_duration_since(since).as_secs_f64()),
                 }
             })
             .collect();
@@ -214,10 +247,24 @@ pub fn render_html(status: &StatusSnapshot) -> String {
          text-align:left}</style></head><body>\n<h1>Lazybarn scheduler</h1>\n\
          <p><a href=\"/api/status\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n",
     );
-    let _ = writeln!(out, "<h2>Workers ({})</h2>", status.workers.len());
+    let draining = status
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Draining)
+        .count();
+    let _ = writeln!(
+        out,
+        "<h2>Workers ({}, {draining} draining)</h2>",
+        status.workers.len()
+    );
     let rows = status.workers.iter().map(|w| {
+        let state = match w.draining_seconds {
+            Some(seconds) => format!("{} for {seconds:.1} s", w.state.as_str()),
+            None => w.state.as_str().to_string(),
+        };
         vec![
             w.id.clone(),
+            state,
             w.platform.join(", "),
             w.slots.to_string(),
             w.current_executions.join(", "),
@@ -226,7 +273,14 @@ pub fn render_html(status: &StatusSnapshot) -> String {
     });
     table(
         &mut out,
-        &["id", "platform", "slots", "current executions", "last seen"],
+        &[
+            "id",
+            "state",
+            "platform",
+            "slots",
+            "current executions",
+            "last seen",
+        ],
         rows,
     );
     for (title, list) in [("Executing", &status.executing), ("Queued", &status.queued)] {
@@ -312,6 +366,8 @@ mod tests {
                 current_executions: vec![],
                 last_seen_seconds_ago: 0.5,
                 polling: true,
+                state: WorkerState::Active,
+                draining_seconds: None,
             }],
             queued: vec![],
             executing: vec![],
@@ -320,5 +376,36 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<script>"));
         assert!(html.contains("OSFamily=linux"));
+    }
+
+    #[test]
+    fn a_draining_worker_is_shown_as_such() {
+        let worker = |id: &str, draining_seconds: Option<f64>| WorkerStatus {
+            id: id.into(),
+            platform: vec![],
+            slots: 1,
+            current_executions: vec![],
+            last_seen_seconds_ago: 0.0,
+            polling: false,
+            state: match draining_seconds {
+                Some(_) => WorkerState::Draining,
+                None => WorkerState::Active,
+            },
+            draining_seconds,
+        };
+        let status = StatusSnapshot {
+            workers: vec![worker("busy", None), worker("leaving", Some(2.0))],
+            queued: vec![],
+            executing: vec![],
+        };
+        let html = render_html(&status);
+        assert!(html.contains("(2, 1 draining)"), "{html}");
+        assert!(html.contains("<td>draining for 2.0 s</td>"), "{html}");
+        assert!(html.contains("<td>active</td>"), "{html}");
+        let json = serde_json::to_value(&status).expect("serializes");
+        assert_eq!(json["workers"][0]["state"], "active");
+        assert!(json["workers"][0].get("draining_seconds").is_none());
+        assert_eq!(json["workers"][1]["state"], "draining");
+        assert_eq!(json["workers"][1]["draining_seconds"], 2.0);
     }
 }

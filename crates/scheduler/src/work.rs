@@ -1,12 +1,13 @@
 //! The worker side of [`Scheduler`]: Register, PollWork (a long poll that
 //! takes an action straight from the queue or waits for one),
-//! ReportProgress and CompleteExecution.
+//! ReportProgress, CompleteExecution, and Drain and RequeueExecution for
+//! workers that stop.
 
 use std::sync::Arc;
 
 use lazybarn_proto::worker::{
-    CompleteExecutionRequest, PollWorkRequest, RegisterRequest, RegisterResponse,
-    ReportProgressRequest, WorkAssignment,
+    CompleteExecutionRequest, DrainRequest, PollWorkRequest, RegisterRequest, RegisterResponse,
+    ReportProgressRequest, RequeueExecutionRequest, WorkAssignment,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -75,8 +76,13 @@ impl Scheduler {
             )));
         }
         let platform = request.platform.clone().unwrap_or_default();
-        self.state()
-            .register(&request.worker_id, &platform, request.slots, Instant::now());
+        self.state().register(
+            &request.worker_id,
+            &platform,
+            request.slots,
+            &request.session_id,
+            Instant::now(),
+        );
         tracing::info!(worker = %request.worker_id, slots = request.slots, "worker registered");
         let config = self.config();
         let duration = |d| prost_types::Duration::try_from(d).ok();
@@ -115,6 +121,37 @@ impl Scheduler {
     pub fn report_progress(&self, request: &ReportProgressRequest) -> Result<Vec<String>> {
         self.state()
             .report(&request.worker_id, &request.executions, Instant::now())
+    }
+
+    /// Marks a worker as draining; returns the executions it holds.
+    pub fn drain(&self, request: &DrainRequest) -> Result<Vec<String>> {
+        if request.worker_id.is_empty() {
+            return Err(SchedulerError::InvalidArgument(
+                "Drain: worker_id is empty".to_string(),
+            ));
+        }
+        self.state().drain(&request.worker_id, Instant::now())
+    }
+
+    /// Takes back an execution a worker will not finish and queues it again
+    /// at once.
+    pub fn requeue_execution(&self, request: &RequeueExecutionRequest) -> Result<()> {
+        for (field, value) in [
+            ("worker_id", &request.worker_id),
+            ("execution_id", &request.execution_id),
+        ] {
+            if value.is_empty() {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "RequeueExecution: {field} is empty"
+                )));
+            }
+        }
+        self.state().give_back(
+            &request.worker_id,
+            &request.execution_id,
+            &request.reason,
+            Instant::now(),
+        )
     }
 
     /// Takes a worker's result: stores it in the Action Cache when it is

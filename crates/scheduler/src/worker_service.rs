@@ -3,8 +3,9 @@
 
 use lazybarn_proto::worker::scheduler_server::Scheduler as WorkerProtocol;
 use lazybarn_proto::worker::{
-    CompleteExecutionRequest, CompleteExecutionResponse, PollWorkRequest, PollWorkResponse,
-    RegisterRequest, RegisterResponse, ReportProgressRequest, ReportProgressResponse,
+    CompleteExecutionRequest, CompleteExecutionResponse, DrainRequest, DrainResponse,
+    PollWorkRequest, PollWorkResponse, RegisterRequest, RegisterResponse, ReportProgressRequest,
+    ReportProgressResponse, RequeueExecutionRequest, RequeueExecutionResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -59,5 +60,21 @@ impl WorkerProtocol for WorkerService {
             .complete_execution(request.into_inner())
             .await?;
         Ok(Response::new(CompleteExecutionResponse { accepted }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        let held_execution_ids = self.scheduler.drain(request.get_ref())?;
+        Ok(Response::new(DrainResponse { held_execution_ids }))
+    }
+
+    async fn requeue_execution(
+        &self,
+        request: Request<RequeueExecutionRequest>,
+    ) -> Result<Response<RequeueExecutionResponse>, Status> {
+        self.scheduler.requeue_execution(request.get_ref())?;
+        Ok(Response::new(RequeueExecutionResponse {}))
     }
 }

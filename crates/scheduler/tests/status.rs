@@ -199,6 +199,45 @@ async fn status_page_json_and_metrics_show_workers_and_operations() {
         "{text}"
     );
     assert!(text.contains("lazybarn_scheduler_workers 1"), "{text}");
+    assert!(
+        text.contains("lazybarn_scheduler_workers_by_state{state=\"active\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lazybarn_scheduler_workers_by_state{state=\"draining\"} 0"),
+        "{text}"
+    );
+    assert_eq!(worker["state"], "active");
+
+    // The worker announces it is stopping: the page, its JSON and the
+    // metrics say so.
+    let worker_channel = Channel::from_shared(format!("http://{workers}"))
+        .expect("url")
+        .connect_lazy();
+    let mut stopping = TestWorker {
+        id: "status-worker<1>".into(),
+        client: lazybarn_proto::worker::scheduler_client::SchedulerClient::new(worker_channel),
+    };
+    stopping.drain().await.expect("drain");
+    let (_, json) = http_get(http, "/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(status["workers"][0]["state"], "draining", "{json}");
+    assert!(
+        status["workers"][0]["draining_seconds"].is_number(),
+        "{json}"
+    );
+    let (_, html) = http_get(http, "/").await;
+    assert!(html.contains("1 draining"), "{html}");
+    assert!(html.contains("<td>draining for "), "{html}");
+    let (_, text) = http_get(http, "/metrics").await;
+    assert!(
+        text.contains("lazybarn_scheduler_workers_by_state{state=\"draining\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lazybarn_scheduler_workers_by_state{state=\"active\"} 0"),
+        "{text}"
+    );
 
     drop((s1, s2));
     let _ = stop.send(());

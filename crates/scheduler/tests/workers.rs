@@ -341,6 +341,7 @@ async fn an_open_poll_holds_the_lease_and_registration_is_checked() {
             worker_id: String::new(),
             platform: None,
             slots: 1,
+            session_id: String::new(),
         })
         .await
         .expect_err("empty id");

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -83,6 +84,26 @@ pub struct WorkerConfig {
     /// Inputs downloaded at once in native mode. Recommended: 32.
     #[serde(default = "default_fetch_concurrency")]
     pub fetch_concurrency: usize,
+    /// How long a stopping worker (SIGTERM) lets the actions it is running
+    /// finish. It takes no new work from the moment it is told to stop; what
+    /// is still running when this runs out is killed and given back to the
+    /// scheduler, which has another worker retry it at once. Written the
+    /// humantime way (`"20s"`, `"5m"`); `"0s"` gives everything back at
+    /// once. Keep it at least 10 s below the time the supervisor waits
+    /// before SIGKILL (Kubernetes `terminationGracePeriodSeconds`, systemd
+    /// `TimeoutStopSec`, `podman stop --time`), which leaves time to give
+    /// work back and unmount. Recommended: `"20s"` with the defaults of
+    /// those supervisors; a few minutes (with a grace period to match) where
+    /// actions are long and restarts rare.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+/// The drain timeout when none is configured.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
 }
 
 fn default_true() -> bool {
@@ -145,6 +166,14 @@ mod tests {
         assert_eq!(config.cas_address(), "grpc://127.0.0.1:8980");
         assert_eq!(config.action_uid, 65534);
         assert_eq!(config.platform["OSFamily"], vec!["linux".to_string()]);
+        assert_eq!(config.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        let config =
+            WorkerConfig::from_toml(&format!("drain_timeout = \"2m\"\n{text}")).expect("valid");
+        assert_eq!(config.drain_timeout, Duration::from_secs(120));
+        let err = WorkerConfig::from_toml(&format!("drain_timeout = \"soon\"\n{text}"))
+            .expect_err("not a duration")
+            .to_string();
+        assert!(err.contains("drain_timeout"), "{err}");
         let err = WorkerConfig::from_toml(&format!("slotz = 3\n{text}"))
             .expect_err("unknown key")
             .to_string();

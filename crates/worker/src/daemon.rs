@@ -5,6 +5,10 @@
 //! Failures of the scheduler connection are retried with backoff; NOT_FOUND
 //! (the scheduler restarted or the lease ran out) means register again. A
 //! slot takes no work while the runner fails CheckReadiness.
+//!
+//! Stopping is a drain ([`crate::drain`]): the owner of the worker raises
+//! its [`Stop`] level (see [`run_until`]) to [`Stop::Drain`] on SIGTERM, and
+//! to [`Stop::Now`] to cut the drain short.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,47 +79,87 @@ struct Lease {
     poll_timeout: Duration,
 }
 
-/// State shared by the slots and the heartbeat.
-struct Shared {
-    config: WorkerConfig,
-    worker_id: String,
-    scheduler: SchedulerClient<Channel>,
-    env: ActionEnvironment,
-    running: Mutex<HashMap<String, (watch::Receiver<Progress>, AbortHandle)>>,
-    lease: Mutex<Lease>,
-    register_lock: tokio::sync::Mutex<()>,
+/// How far the owner of a running worker wants it stopped. The levels only
+/// go up; [`run_until`] watches them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Keep taking work.
+    #[default]
+    Run,
+    /// Take no new work, let running actions finish within the configured
+    /// drain timeout, give back the rest, and return.
+    Drain,
+    /// Give back every running action at once, and return.
+    Now,
 }
 
-/// Runs the worker until `shutdown` resolves.
+/// An action in progress: what the heartbeat reports, and how to stop it.
+pub(crate) type RunningAction = (watch::Receiver<Progress>, AbortHandle);
+
+/// State shared by the slots and the heartbeat.
+pub(crate) struct Shared {
+    pub(crate) config: WorkerConfig,
+    pub(crate) worker_id: String,
+    /// Chosen anew by every run of the worker, so the scheduler can tell a
+    /// reconnection (same session) from a restart (new session).
+    session_id: String,
+    pub(crate) scheduler: SchedulerClient<Channel>,
+    env: ActionEnvironment,
+    pub(crate) running: Mutex<HashMap<String, RunningAction>>,
+    lease: Mutex<Lease>,
+    register_lock: tokio::sync::Mutex<()>,
+    /// True once the worker drains: slots start no new poll and NOT_FOUND
+    /// no longer means "register again".
+    pub(crate) draining: watch::Sender<bool>,
+    /// True once open PollWork calls may be cancelled: the scheduler has been
+    /// told of the drain, so none of them can carry an action any more.
+    pub(crate) polls_closed: watch::Sender<bool>,
+}
+
+/// Runs the worker until `shutdown` resolves, then drains it for the
+/// configured drain timeout. [`run_until`] can also cut the drain short.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
+    let (stop, stop_level) = watch::channel(Stop::Run);
+    let worker = run_until(config, stop_level);
+    tokio::pin!(worker);
+    tokio::select! {
+        result = &mut worker => return result,
+        () = shutdown => {}
+    }
+    stop.send_replace(Stop::Drain);
+    worker.await
+}
+
+/// Runs the worker until `stop` reaches [`Stop::Drain`], then drains it
+/// (see [`crate::drain`]) and returns once every action has finished or been
+/// given back and every action directory is unmounted and removed. A dropped
+/// sender counts as [`Stop::Now`].
+pub async fn run_until(
+    config: WorkerConfig,
+    mut stop: watch::Receiver<Stop>,
+) -> Result<(), WorkerError> {
     let shared = Arc::new(start(config).await?);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut slots = tokio::task::JoinSet::new();
     for slot in 0..shared.config.slots.max(1) {
         let shared = shared.clone();
-        tasks.spawn(async move { shared.slot(slot).await });
+        slots.spawn(async move { shared.slot(slot).await });
     }
-    {
-        let shared = shared.clone();
-        tasks.spawn(async move { shared.heartbeat().await });
-    }
-    shutdown.await;
-    tracing::info!(worker = %shared.worker_id, "worker stopping");
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let running: Vec<_> = shared
-        .running
-        .lock()
-        .expect("running table lock poisoned")
-        .drain()
-        .collect();
-    for (_, (_, handle)) in &running {
-        handle.abort();
-    }
+    let heartbeat = tokio::spawn(shared.clone().heartbeat());
+    reached(&mut stop, Stop::Drain).await;
+    shared.drain(slots, stop).await;
+    heartbeat.abort();
+    let _ = heartbeat.await;
     clean_build_directory(&shared.config.build_directory).await;
+    tracing::info!(worker = %shared.worker_id, "worker stopped");
     Ok(())
+}
+
+/// Resolves once `stop` is at `level` or above, or its sender is gone.
+pub(crate) async fn reached(stop: &mut watch::Receiver<Stop>, level: Stop) {
+    let _ = stop.wait_for(|current| *current >= level).await;
 }
 
 /// Opens the cache, cleans what a crashed predecessor left, and connects.
@@ -158,6 +202,7 @@ async fn start(config: WorkerConfig) -> Result<Shared, WorkerError> {
     Ok(Shared {
         config,
         worker_id,
+        session_id: uuid::Uuid::new_v4().simple().to_string(),
         scheduler,
         env,
         running: Mutex::default(),
@@ -166,6 +211,8 @@ async fn start(config: WorkerConfig) -> Result<Shared, WorkerError> {
             poll_timeout: Duration::from_secs(30),
         }),
         register_lock: tokio::sync::Mutex::new(()),
+        draining: watch::Sender::new(false),
+        polls_closed: watch::Sender::new(false),
     })
 }
 
@@ -205,6 +252,7 @@ impl Shared {
             worker_id: self.worker_id.clone(),
             platform: Some(platform(&self.config)),
             slots: self.config.slots.max(1) as u32,
+            session_id: self.session_id.clone(),
         };
         loop {
             match self.scheduler.clone().register(request.clone()).await {
@@ -229,27 +277,46 @@ impl Shared {
         }
     }
 
-    /// One slot: wait for a ready runner, poll, run, complete, repeat.
+    /// Whether the worker is draining.
+    fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// One slot: wait for a ready runner, poll, run, complete, repeat, until
+    /// the worker drains. Waiting for work ends when polls are closed; an
+    /// action already taken runs to its end (or until it is given back).
     async fn slot(self: Arc<Self>, slot: usize) {
+        let mut closed = self.polls_closed.subscribe();
         if slot == 0 {
-            self.register().await;
-        }
-        loop {
-            if let Err(e) = self
-                .env
-                .runner
-                .check_readiness(&self.config.build_directory)
-                .await
-            {
-                tracing::warn!(slot, error = %e, "not taking work");
-                tokio::time::sleep(RETRY_DELAY).await;
-                continue;
+            tokio::select! {
+                () = self.register() => {}
+                _ = closed.wait_for(|closed| *closed) => return,
             }
-            let Some(assignment) = self.poll().await else {
-                continue;
-            };
-            self.run_assignment(assignment).await;
         }
+        while !self.is_draining() {
+            let assignment = tokio::select! {
+                assignment = self.next_assignment(slot) => assignment,
+                _ = closed.wait_for(|closed| *closed) => return,
+            };
+            if let Some(assignment) = assignment {
+                self.run_assignment(assignment).await;
+            }
+        }
+    }
+
+    /// Waits for a ready runner, then polls once.
+    async fn next_assignment(&self, slot: usize) -> Option<WorkAssignment> {
+        if let Err(e) = self
+            .env
+            .runner
+            .check_readiness(&self.config.build_directory)
+            .await
+        {
+            tracing::warn!(slot, error = %e, "not taking work");
+            tokio::time::sleep(RETRY_DELAY).await;
+            return None;
+        }
+        self.poll().await
     }
 
     async fn poll(&self) -> Option<WorkAssignment> {
@@ -268,12 +335,17 @@ impl Shared {
     }
 
     async fn on_error(&self, call: &str, status: &Status) {
-        if status.code() == Code::NotFound {
+        if self.is_draining() {
+            // A stopping worker does not register again: it has nothing to
+            // come back for, and would show as taking work.
+            tracing::info!(call, error = %status, "scheduler call failed while draining");
+        } else if status.code() == Code::NotFound {
             self.register().await;
+            return;
         } else {
             tracing::warn!(call, error = %status, "scheduler call failed; retrying");
-            tokio::time::sleep(RETRY_DELAY).await;
         }
+        tokio::time::sleep(RETRY_DELAY).await;
     }
 
     async fn run_assignment(self: &Arc<Self>, assignment: WorkAssignment) {
@@ -300,7 +372,7 @@ impl Shared {
         match outcome {
             Ok(response) => self.complete(&id, response).await,
             Err(_) => {
-                tracing::info!(execution = %id, "action cancelled by the scheduler");
+                tracing::info!(execution = %id, "action stopped before it finished (cancelled by the scheduler, or given back)");
                 let dir = self.config.build_directory.join(&id);
                 clean_build_directory(&dir).await;
                 let _ = tokio::fs::remove_dir_all(&dir).await;

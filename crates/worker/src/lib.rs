@@ -1,8 +1,10 @@
 //! The worker: takes actions from the scheduler, prepares each one's
 //! directory, has the runner execute it, and uploads what it produced.
 //!
-//! [`run`] is the whole worker process ([`daemon`]). Each stage of an action
-//! is a module of its own:
+//! [`run`] and [`run_until`] are the whole worker process ([`daemon`]),
+//! which stops by draining ([`drain`]): no new work, running actions finish
+//! or are given back to the scheduler, every mount goes. Each stage of an
+//! action is a module of its own:
 //! - [`build_dir`]: the action's directory, mounted with the vfs (virtual
 //!   mode) or laid out by [`native`] (native mode), and its output capture;
 //! - [`runner`]: the connection to the runner, which executes the command;
@@ -22,6 +24,7 @@ pub mod action;
 pub mod build_dir;
 pub mod config;
 pub mod daemon;
+pub mod drain;
 pub mod native;
 pub mod outputs;
 pub mod paths;
@@ -29,4 +32,4 @@ pub mod runner;
 pub mod upload;
 
 pub use config::{BuildMode, WorkerConfig};
-pub use daemon::{WorkerError, fuse_unavailable, run};
+pub use daemon::{Stop, WorkerError, fuse_unavailable, run, run_until};

@@ -21,8 +21,8 @@ use lazybarn_proto::reapi::{
 };
 use lazybarn_proto::worker::scheduler_client::SchedulerClient;
 use lazybarn_proto::worker::{
-    CompleteExecutionRequest, ExecutionProgress, ExecutionStage, PollWorkRequest, RegisterRequest,
-    ReportProgressRequest, WorkAssignment,
+    CompleteExecutionRequest, DrainRequest, ExecutionProgress, ExecutionStage, PollWorkRequest,
+    RegisterRequest, ReportProgressRequest, RequeueExecutionRequest, WorkAssignment,
 };
 use lazybarn_scheduler::server;
 use lazybarn_scheduler::{Scheduler, SchedulerConfig, operation};
@@ -303,19 +303,53 @@ impl TestWorker {
         platform_: &[(&str, &str)],
         slots: u32,
     ) -> Self {
-        let mut client = SchedulerClient::new(channel);
-        client
+        let mut worker = TestWorker {
+            id: id.to_string(),
+            client: SchedulerClient::new(channel),
+        };
+        worker.register_again(platform_, slots, "").await;
+        worker
+    }
+
+    /// A second handle on the same worker, for a call running beside others.
+    pub fn clone_client(&self) -> TestWorker {
+        TestWorker {
+            id: self.id.clone(),
+            client: self.client.clone(),
+        }
+    }
+
+    /// Registers this worker's id again, as the process of `session`.
+    pub async fn register_again(&mut self, platform_: &[(&str, &str)], slots: u32, session: &str) {
+        self.client
             .register(RegisterRequest {
-                worker_id: id.to_string(),
+                worker_id: self.id.clone(),
                 platform: Some(platform(&pairs(platform_))),
                 slots,
+                session_id: session.to_string(),
             })
             .await
             .expect("register");
-        TestWorker {
-            id: id.to_string(),
-            client,
-        }
+    }
+
+    /// Announces that this worker is stopping; returns what it holds.
+    pub async fn drain(&mut self) -> Result<Vec<String>, tonic::Status> {
+        let request = DrainRequest {
+            worker_id: self.id.clone(),
+        };
+        let reply = guard("Drain", self.client.drain(request)).await?;
+        Ok(reply.into_inner().held_execution_ids)
+    }
+
+    /// Gives `assignment` back unfinished.
+    pub async fn requeue(&mut self, assignment: &WorkAssignment) -> Result<(), tonic::Status> {
+        let request = RequeueExecutionRequest {
+            worker_id: self.id.clone(),
+            execution_id: assignment.execution_id.clone(),
+            reason: "test worker stopping".to_string(),
+        };
+        guard("RequeueExecution", self.client.requeue_execution(request)).await?;
+        Ok(())
     }
 
     /// One PollWork call: an assignment, or None when it timed out.
