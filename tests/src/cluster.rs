@@ -2,6 +2,7 @@
 //! a test, and stopping it the way a user would (SIGTERM).
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -54,9 +55,24 @@ impl LazybarnUp {
     /// Starts `lazybarn up --build-dir <mode>` on `data_dir` (created if
     /// missing), with `extra_args`, logging to `log`.
     pub fn start(data_dir: &Path, mode: &str, extra_args: &[&str], log: &Path) -> Result<Self> {
+        Self::start_as(data_dir, mode, extra_args, log, None)
+    }
+
+    /// [`Self::start`] as user and group `uid` (which must be able to write
+    /// `data_dir`), or as this process's user if `None`.
+    pub fn start_as(
+        data_dir: &Path,
+        mode: &str,
+        extra_args: &[&str],
+        log: &Path,
+        uid: Option<u32>,
+    ) -> Result<Self> {
         fs::create_dir_all(data_dir)
             .with_context(|| format!("Failed to create {}", data_dir.display()))?;
         let mut command = Command::new(workspace_binary(Self::BINARY)?);
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
         command
             .args(["up", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(["--build-dir", mode, "--data-dir"])

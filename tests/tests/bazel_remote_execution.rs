@@ -10,7 +10,8 @@
 //! to change its input (denied; the next action reads it intact). Last,
 //! `lazybarn up` is stopped (no mount, no runner left) and started again on
 //! the same data directory: the cache survived. Separately, `lazybarn
-//! worker` joins a `lazybarn up --workers 0` and runs a build; and a worker
+//! worker` joins a `lazybarn up --workers 0` and runs a build; `lazybarn up`
+//! started by a user other than root runs commands as that user; and a worker
 //! killed with SIGKILL in the middle of an action takes the action's
 //! processes with it while the scheduler gives the action to another
 //! worker, so the build succeeds.
@@ -217,6 +218,42 @@ fn a_killed_worker_loses_no_action() -> Result<()> {
     bazel.shutdown()
 }
 
+#[test]
+fn lazybarn_up_started_by_another_user_runs_commands_as_that_user() -> Result<()> {
+    const NOBODY: u32 = 65534;
+    let _serial = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("lazybarn-nobody-")
+        .tempdir()
+        .context("Failed to create a directory for lazybarn up")?;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+    let data_dir = dir.path().join("data");
+    fs::create_dir(&data_dir)?;
+    std::os::unix::fs::chown(&data_dir, Some(NOBODY), Some(NOBODY))?;
+    let up = LazybarnUp::start_as(
+        &data_dir,
+        "native",
+        &[],
+        &dir.path().join("up.log"),
+        Some(NOBODY),
+    )?;
+    let said = up.process().logged("not running as root");
+    ensure!(
+        said.is_ok(),
+        "lazybarn up did not say that commands run as its own user:\n{}",
+        up.process().log_tail()
+    );
+    let bazel = BazelWorkspace::copy_of(WORKSPACE)?;
+    let uid = action_uid(&bazel, &remote_flags(up.url()), &bazel.bazel_bin()?)
+        .map_err(|error| with_log(error, &up))?;
+    ensure!(
+        uid == NOBODY,
+        "the action ran as uid {uid}, not lazybarn up's"
+    );
+    up.stop()?;
+    bazel.shutdown()
+}
+
 /// Holds the other tests of this file off while one runs.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -390,14 +427,18 @@ fn runs_as_an_unprivileged_user(
     flags: &[String],
     bin: &Path,
 ) -> Result<()> {
-    build_one_remotely(bazel, flags, "//special:whoami")?;
-    let uid = fs::read_to_string(bin.join("special/whoami.txt"))?;
-    let uid: u32 = uid
-        .trim()
-        .parse()
-        .with_context(|| format!("`id -u` wrote {uid:?}"))?;
+    let uid = action_uid(bazel, flags, bin)?;
     ensure!(uid != 0, "the action ran as root");
     Ok(())
+}
+
+/// The uid `//special:whoami` runs as, remotely.
+fn action_uid(bazel: &BazelWorkspace, flags: &[String], bin: &Path) -> Result<u32> {
+    build_one_remotely(bazel, flags, "//special:whoami")?;
+    let uid = fs::read_to_string(bin.join("special/whoami.txt"))?;
+    uid.trim()
+        .parse()
+        .with_context(|| format!("`id -u` wrote {uid:?}"))
 }
 
 fn undeclared_outputs_are_dropped(
