@@ -35,6 +35,8 @@ pub struct ActionEnvironment {
     pub cache: Arc<BlobCache>,
     /// The CAS, under the empty instance name; each action uses its own.
     pub cas: CasClient,
+    /// The CAS's address, for messages.
+    pub cas_address: String,
     /// The runner.
     pub runner: RunnerConnection,
     /// Mount settings (virtual mode).
@@ -147,6 +149,19 @@ pub async fn execute(
     }
 }
 
+/// `status` with the CAS named, when the CAS could not be reached: its own
+/// message says what failed but not where, and workers may use a CAS other
+/// than the scheduler's.
+fn naming_the_cas(status: Status, doing: &str, address: &str) -> Status {
+    if status.code() != Code::Unavailable {
+        return status;
+    }
+    Status::unavailable(format!(
+        "{doing}: the CAS at {address} stayed unavailable: {}",
+        status.message()
+    ))
+}
+
 /// The stages; Ok carries the result and whether the command timed out.
 async fn run_stages(
     env: &ActionEnvironment,
@@ -178,8 +193,9 @@ async fn run_stages(
         mount: &env.mount,
         fetch_concurrency: env.fetch_concurrency,
     };
-    let directory =
-        ActionDirectory::prepare(&context, &assignment.execution_id, input_root).await?;
+    let directory = ActionDirectory::prepare(&context, &assignment.execution_id, input_root)
+        .await
+        .map_err(|e| naming_the_cas(e, "fetching inputs", &env.cas_address))?;
     let outcome = run_in(
         env, assignment, command, &directory, &cas, progress, metadata,
     )
@@ -233,7 +249,9 @@ async fn run_in(
     result.stderr_digest = Some(stderr.0.to_proto());
     blobs.push((stdout.0, BlobData::Bytes(stdout.1)));
     blobs.push((stderr.0, BlobData::Bytes(stderr.1)));
-    upload::upload_blobs(cas, blobs).await?;
+    upload::upload_blobs(cas, blobs)
+        .await
+        .map_err(|e| naming_the_cas(e, "uploading outputs", &env.cas_address))?;
     metadata.output_upload_completed_timestamp = now();
     Ok((result, run))
 }

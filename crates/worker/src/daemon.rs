@@ -187,6 +187,7 @@ async fn start(config: WorkerConfig) -> Result<Shared, WorkerError> {
         mode: config.build_mode,
         cache,
         cas,
+        cas_address: config.cas_address().to_string(),
         runner,
         mount: MountConfig {
             passthrough: config.passthrough,

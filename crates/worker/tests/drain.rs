@@ -29,6 +29,7 @@ async fn farm(drain_timeout: Duration) -> (Farm, PathBuf) {
         mode: BuildMode::Virtual,
         drain_timeout,
         lease: LEASE,
+        ..FarmOptions::new(BuildMode::Virtual)
     })
     .await;
     let marks = farm.dir.path().join("marks");

@@ -34,6 +34,10 @@ pub struct FarmOptions {
     pub drain_timeout: Duration,
     /// The scheduler's lease.
     pub lease: Duration,
+    /// Whether the farm starts a runner (else [`Farm::start_runner`] does).
+    pub runner: bool,
+    /// The CAS the worker uses instead of the farm's storage.
+    pub cas: Option<String>,
 }
 
 impl FarmOptions {
@@ -43,6 +47,8 @@ impl FarmOptions {
             mode,
             drain_timeout: Duration::from_secs(20),
             lease: Duration::from_secs(10),
+            runner: true,
+            cas: None,
         }
     }
 }
@@ -105,17 +111,16 @@ impl Farm {
         }));
 
         let socket = dir.path().join("runner.sock");
-        let runner = RunnerDaemon::bind(&RunnerConfig::new(&socket)).expect("runner binds");
-        let (stop_runner, runner_stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(runner.serve(async {
-            let _ = runner_stopped.await;
-        }));
+        let mut stop = vec![stop_server];
+        if options.runner {
+            stop.push(serve_runner(&socket));
+        }
 
         let mode = options.mode;
         let worker_id = format!("test-{mode:?}");
         let worker_config = WorkerConfig {
             scheduler: format!("grpc://{addr}"),
-            cas: None,
+            cas: options.cas,
             worker_id: Some(worker_id.clone()),
             slots: 2,
             platform: BTreeMap::new(),
@@ -146,9 +151,16 @@ impl Farm {
             worker_id,
             dir,
             stop_worker,
-            stop: vec![stop_runner, stop_server],
+            stop,
             worker: Some(worker),
         }
+    }
+
+    /// Starts a runner on the worker's socket (for a farm started without).
+    pub fn start_runner(&mut self) {
+        let stop = serve_runner(&self.dir.path().join("runner.sock"));
+        // Stopped before the servers: `stop` sends in reverse order.
+        self.stop.push(stop);
     }
 
     /// Where the worker puts action directories.
@@ -248,10 +260,20 @@ impl Farm {
     pub async fn stop(mut self) {
         self.tell_worker(Stop::Drain);
         self.worker_stopped().await;
-        for stop in self.stop.drain(..) {
+        for stop in self.stop.drain(..).rev() {
             let _ = stop.send(());
         }
     }
+}
+
+/// Serves a runner on `socket` until the returned sender fires.
+fn serve_runner(socket: &Path) -> tokio::sync::oneshot::Sender<()> {
+    let runner = RunnerDaemon::bind(&RunnerConfig::new(socket)).expect("runner binds");
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(runner.serve(async {
+        let _ = stopped.await;
+    }));
+    stop
 }
 
 /// Follows an operation stream to the end; returns its ExecuteResponse.
