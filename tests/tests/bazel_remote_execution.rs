@@ -244,12 +244,17 @@ fn lazybarn_up_started_by_another_user_runs_commands_as_that_user() -> Result<()
         up.process().log_tail()
     );
     let bazel = BazelWorkspace::copy_of(WORKSPACE)?;
-    let uid = action_uid(&bazel, &remote_flags(up.url()), &bazel.bazel_bin()?)
-        .map_err(|error| with_log(error, &up))?;
-    ensure!(
-        uid == NOBODY,
-        "the action ran as uid {uid}, not lazybarn up's"
-    );
+    let flags = remote_flags(up.url());
+    let bin = bazel.bazel_bin()?;
+    let checks = || -> Result<()> {
+        let uid = action_uid(&bazel, &flags, &bin)?;
+        ensure!(
+            uid == NOBODY,
+            "the action ran as uid {uid}, not lazybarn up's"
+        );
+        a_rewritten_input_stays_the_actions_own(&bazel, &flags, &bin)
+    };
+    checks().map_err(|error| with_log(error, &up))?;
     up.stop()?;
     bazel.shutdown()
 }
@@ -477,6 +482,33 @@ fn inputs_cannot_be_changed(bazel: &BazelWorkspace, flags: &[String], bin: &Path
         "the input changed under the action; it reported:\n{report}"
     );
     let after = fs::read_to_string(bin.join("special/after_tamper.txt"))?;
+    ensure!(
+        after == "original\n",
+        "the next action read {after:?} from the input"
+    );
+    Ok(())
+}
+
+/// An action running as the worker's own user owns its input files and can
+/// make one writable and rewrite it, but only its own copy: the next action
+/// reads the input intact, so the worker's blob cache was not touched.
+fn a_rewritten_input_stays_the_actions_own(
+    bazel: &BazelWorkspace,
+    flags: &[String],
+    bin: &Path,
+) -> Result<()> {
+    let build = run(bazel, "build", flags, &["//special:after_rewrite"])?;
+    let summary = build.ensure_success()?.summary()?;
+    ensure!(
+        summary.remotely_executed() == 2,
+        "both actions should run remotely: {summary:?}"
+    );
+    let rewritten = fs::read_to_string(bin.join("special/rewrite.txt"))?;
+    ensure!(
+        rewritten == "rewritten\n",
+        "the action could not rewrite its own copy of the input: it read {rewritten:?}"
+    );
+    let after = fs::read_to_string(bin.join("special/after_rewrite.txt"))?;
     ensure!(
         after == "original\n",
         "the next action read {after:?} from the input"
