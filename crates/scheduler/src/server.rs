@@ -140,6 +140,9 @@ pub async fn run(
         Some(listener) => {
             let mut worker_routes = RoutesBuilder::default();
             add_worker_service(&scheduler, &mut worker_routes);
+            // The storage too, so that a worker's default CAS (the address
+            // it was given for the scheduler) works on either port.
+            storage.add_services(&mut worker_routes, true);
             Some(serve(listener, worker_routes.routes(), on_stop()))
         }
         None => {

@@ -119,6 +119,15 @@ async fn status_page_json_and_metrics_show_workers_and_operations() {
 
     // One executed action, then a cache hit of it.
     let ran = upload_action(&cas, &["cc"], &[("OSFamily", "linux")]).await;
+    // The worker port serves the same storage, for workers whose CAS is
+    // their scheduler address.
+    let worker_cas = CasClient::connect(&format!("grpc://{workers}"), "")
+        .await
+        .expect("CAS on the worker port");
+    assert!(
+        worker_cas.download(ran).await.is_ok(),
+        "the worker port does not serve the uploaded action"
+    );
     for _ in 0..2 {
         let stream = execution
             .execute(execute(ran))
