@@ -4,6 +4,7 @@
 //! blobs (temporary file, fsync, rename), so a crash never leaves a torn
 //! entry. Entries are small and are not evicted; a result whose blobs were
 //! evicted from the CAS is filtered out by the Action Cache service instead.
+//! [`RemoteActionCache`] keeps entries in another REAPI server.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -17,6 +18,10 @@ use prost::Message;
 
 use crate::digest::Digest;
 use crate::error::{CasError, Result};
+
+mod remote;
+
+pub use remote::RemoteActionCache;
 
 /// A store of ActionResults keyed by action digest.
 #[async_trait]

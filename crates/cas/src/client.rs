@@ -112,6 +112,23 @@ impl CasClient {
         self.max_batch_bytes
     }
 
+    /// The retry policy for UNAVAILABLE, for other clients of the same
+    /// server to share.
+    pub fn retry_policy(&self) -> ExponentialBuilder {
+        self.retry
+    }
+
+    /// The instance name every call carries.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The connection, for other REAPI clients of the same server (the
+    /// Action Cache).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     async fn fetch_max_batch(&self) -> Result<usize, Status> {
         let call = || async {
             let mut caps = CapabilitiesClient::new(self.channel.clone());
@@ -210,6 +227,14 @@ impl CasClient {
     }
 
     async fn batch_update(&self, batch: Vec<(Digest, Bytes)>) -> Result<(), Status> {
+        first_failure(self.batch_update_statuses(batch).await?)
+    }
+
+    /// One BatchUpdateBlobs call; the per-blob statuses as the server gave them.
+    async fn batch_update_statuses(
+        &self,
+        batch: Vec<(Digest, Bytes)>,
+    ) -> Result<Vec<batch_update_blobs_response::Response>, Status> {
         let request = BatchUpdateBlobsRequest {
             instance_name: self.instance.clone(),
             requests: batch
@@ -234,7 +259,55 @@ impl CasClient {
             .when(is_transient)
             .await
             .map_err(|e| context(e, format!("BatchUpdateBlobs of {} blobs", batch.len())))?;
-        first_failure(response.into_inner().responses)
+        Ok(response.into_inner().responses)
+    }
+
+    /// Uploads blobs like [`Self::upload`], but answers for each blob, in
+    /// order: one bad blob in a batch does not fail the others.
+    pub async fn upload_each(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), Status>> {
+        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let (large, small): (Vec<_>, Vec<_>) = blobs
+            .into_iter()
+            .partition(|(d, _)| d.size() as usize + PER_BLOB_OVERHEAD > self.max_batch_bytes);
+        let batches = self.pack(small);
+        let batched = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let sent: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
+                match self.batch_update_statuses(batch).await {
+                    Ok(responses) => per_blob_upload_results(&sent, responses),
+                    Err(e) => sent.into_iter().map(|d| (d, Err(e.clone()))).collect(),
+                }
+            })
+            .buffer_unordered(PARALLEL_CALLS)
+            .collect::<Vec<_>>();
+        let streamed = futures::stream::iter(large)
+            .map(|(digest, data)| async move { (digest, self.write_bytes(digest, data).await) })
+            .buffer_unordered(PARALLEL_CALLS)
+            .collect::<Vec<_>>();
+        let (batched, streamed) = futures::join!(batched, streamed);
+        let by_digest: std::collections::HashMap<Digest, Result<(), Status>> =
+            batched.into_iter().flatten().chain(streamed).collect();
+        digests
+            .iter()
+            .map(|d| {
+                by_digest.get(d).cloned().unwrap_or_else(|| {
+                    Err(Status::internal(format!("no upload result for blob {d}")))
+                })
+            })
+            .collect()
+    }
+
+    /// Uploads one blob given as consecutive pieces, in one batch call when
+    /// it fits and through ByteStream otherwise, without copying the pieces.
+    pub async fn upload_chunks(&self, digest: Digest, chunks: Vec<Bytes>) -> Result<(), Status> {
+        if digest.size() as usize + PER_BLOB_OVERHEAD <= self.max_batch_bytes {
+            let mut data = bytes::BytesMut::with_capacity(digest.size() as usize);
+            for chunk in &chunks {
+                data.extend_from_slice(chunk);
+            }
+            return self.batch_update(vec![(digest, data.freeze())]).await;
+        }
+        self.write_chunks(digest, chunks).await
     }
 
     /// Streams one blob held in memory through ByteStream Write.
@@ -423,6 +496,18 @@ impl CasClient {
         {
             return Ok(vec![(digests[0], self.download(digests[0]).await?)]);
         }
+        self.batch_read_each(&digests)
+            .await?
+            .into_iter()
+            .map(|(digest, data)| Ok((digest, data?)))
+            .collect()
+    }
+
+    /// One BatchReadBlobs call; each blob verified, each failure its own.
+    async fn batch_read_each(
+        &self,
+        digests: &[Digest],
+    ) -> Result<Vec<(Digest, Result<Bytes, Status>)>, Status> {
         let request = BatchReadBlobsRequest {
             instance_name: self.instance.clone(),
             digests: digests.iter().map(|d| d.to_proto()).collect(),
@@ -449,14 +534,57 @@ impl CasClient {
                 })?;
                 let status = r.status.unwrap_or_default();
                 if status.code != Code::Ok as i32 {
-                    return Err(Status::new(
+                    let error = Status::new(
                         Code::from(status.code),
                         format!("reading blob {digest}: {}", status.message),
-                    ));
+                    );
+                    return Ok((digest, Err(error)));
                 }
-                verify(&digest, &r.data)
-                    .map_err(|e| Status::data_loss(format!("downloaded {e}")))?;
-                Ok((digest, r.data))
+                let checked = verify(&digest, &r.data)
+                    .map(|()| r.data)
+                    .map_err(|e| Status::data_loss(format!("downloaded {e}")));
+                Ok((digest, checked))
+            })
+            .collect()
+    }
+
+    /// Downloads whole blobs, small ones in batches and large ones through
+    /// ByteStream, and answers for each digest in order, so that one missing
+    /// blob does not fail the others.
+    pub async fn download_each(&self, digests: &[Digest]) -> Vec<Result<Bytes, Status>> {
+        let (large, small): (Vec<Digest>, Vec<Digest>) = digests
+            .iter()
+            .filter(|d| !d.is_empty())
+            .partition(|d| d.size() as usize + PER_BLOB_OVERHEAD > self.max_batch_bytes);
+        let batches = self.pack(small.into_iter().map(|d| (d, Bytes::new())).collect());
+        let batched = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let wanted: Vec<Digest> = batch.into_iter().map(|(d, _)| d).collect();
+                match self.batch_read_each(&wanted).await {
+                    Ok(found) => found,
+                    Err(e) => wanted.into_iter().map(|d| (d, Err(e.clone()))).collect(),
+                }
+            })
+            .buffer_unordered(PARALLEL_CALLS)
+            .collect::<Vec<_>>();
+        let streamed = futures::stream::iter(large)
+            .map(|digest| async move { (digest, self.download(digest).await) })
+            .buffer_unordered(PARALLEL_CALLS)
+            .collect::<Vec<_>>();
+        let (batched, streamed) = futures::join!(batched, streamed);
+        let by_digest: std::collections::HashMap<Digest, Result<Bytes, Status>> =
+            batched.into_iter().flatten().chain(streamed).collect();
+        digests
+            .iter()
+            .map(|d| {
+                if d.is_empty() {
+                    return Ok(Bytes::new());
+                }
+                by_digest.get(d).cloned().unwrap_or_else(|| {
+                    Err(Status::internal(format!(
+                        "BatchReadBlobs did not answer for blob {d}"
+                    )))
+                })
             })
             .collect()
     }
@@ -527,6 +655,40 @@ fn is_transient(status: &Status) -> bool {
 
 fn context(status: Status, what: String) -> Status {
     Status::new(status.code(), format!("{what}: {}", status.message()))
+}
+
+/// Each blob's upload result from one BatchUpdateBlobs answer; a blob the
+/// server did not mention counts as failed.
+fn per_blob_upload_results(
+    sent: &[Digest],
+    responses: Vec<batch_update_blobs_response::Response>,
+) -> Vec<(Digest, Result<(), Status>)> {
+    let mut answered = std::collections::HashMap::new();
+    for r in responses {
+        let Ok(digest) = Digest::from_proto(r.digest.as_ref()) else {
+            continue;
+        };
+        let status = r.status.unwrap_or_default();
+        let result = if status.code == Code::Ok as i32 {
+            Ok(())
+        } else {
+            Err(Status::new(
+                Code::from(status.code),
+                format!("uploading blob {digest}: {}", status.message),
+            ))
+        };
+        answered.insert(digest, result);
+    }
+    sent.iter()
+        .map(|d| {
+            let result = answered.get(d).cloned().unwrap_or_else(|| {
+                Err(Status::internal(format!(
+                    "BatchUpdateBlobs did not answer for blob {d}"
+                )))
+            });
+            (*d, result)
+        })
+        .collect()
 }
 
 fn first_failure(responses: Vec<batch_update_blobs_response::Response>) -> Result<(), Status> {

@@ -59,6 +59,16 @@ pub enum CasError {
     /// A stored record that cannot be decoded.
     #[error("{0}")]
     Corrupt(String),
+    /// A failure reported by a remote CAS or Action Cache that no other
+    /// variant describes; it keeps the remote's code, so UNAVAILABLE from
+    /// the remote reaches the client as UNAVAILABLE and is retried there.
+    #[error("{message}")]
+    Remote {
+        /// The remote's status code.
+        code: Code,
+        /// The remote's message, with what was being done.
+        message: String,
+    },
 }
 
 impl CasError {
@@ -84,6 +94,22 @@ impl CasError {
             CasError::ResourceExhausted(_) => Code::ResourceExhausted,
             CasError::Unimplemented(_) => Code::Unimplemented,
             CasError::Io { .. } | CasError::Corrupt(_) => Code::Internal,
+            CasError::Remote { code, .. } => *code,
+        }
+    }
+
+    /// Turns a remote's status about `digest` back into the error a local
+    /// store would give: NOT_FOUND becomes [`CasError::NotFound`] so callers
+    /// still see a missing blob, and other codes keep their meaning.
+    pub fn from_remote(status: &Status, digest: Option<Digest>) -> Self {
+        let message = status.message().to_string();
+        match (status.code(), digest) {
+            (Code::NotFound, Some(digest)) => CasError::NotFound(digest),
+            (Code::InvalidArgument, _) => CasError::InvalidArgument(message),
+            (Code::OutOfRange, _) => CasError::OutOfRange(message),
+            (Code::ResourceExhausted, _) => CasError::ResourceExhausted(message),
+            (Code::Unimplemented, _) => CasError::Unimplemented(message),
+            (code, _) => CasError::Remote { code, message },
         }
     }
 }

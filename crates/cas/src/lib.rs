@@ -2,8 +2,10 @@
 //!
 //! - [`Digest`] names a blob (SHA-256 and size) and validates what clients send.
 //! - [`BlobStore`] is the CAS interface, with [`DiskStore`] (crash-safe files
-//!   with LRU eviction) and [`MemoryStore`].
-//! - [`ActionCache`] maps action digests to results, on disk or in memory.
+//!   with LRU eviction), [`MemoryStore`] and [`RemoteStore`] (another REAPI
+//!   CAS).
+//! - [`ActionCache`] maps action digests to results, on disk, in memory or
+//!   in another REAPI server ([`RemoteActionCache`]).
 //! - [`service`] serves these over REAPI: Capabilities,
 //!   ContentAddressableStorage, ByteStream and ActionCache, on one port
 //!   ([`server::StorageServer`]).
@@ -22,8 +24,8 @@ pub mod server;
 pub mod service;
 pub mod store;
 
-pub use action_cache::{ActionCache, DiskActionCache, MemoryActionCache};
+pub use action_cache::{ActionCache, DiskActionCache, MemoryActionCache, RemoteActionCache};
 pub use client::CasClient;
 pub use digest::Digest;
 pub use error::CasError;
-pub use store::{BlobStore, BlobWriter, DiskStore, MemoryStore};
+pub use store::{BlobStore, BlobWriter, DiskStore, MemoryStore, RemoteStore};

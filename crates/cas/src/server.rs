@@ -18,12 +18,12 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::action_cache::{ActionCache, DiskActionCache, MemoryActionCache};
+use crate::action_cache::{ActionCache, DiskActionCache, MemoryActionCache, RemoteActionCache};
 use crate::error::Result;
 use crate::service::{
     ActionCacheService, ByteStreamService, CapabilitiesService, CasService, message_size_limit,
 };
-use crate::store::{BlobStore, DiskStore, MemoryStore};
+use crate::store::{BlobStore, DiskStore, MemoryStore, RemoteStore};
 
 /// HTTP/2 flow-control windows: large enough that a loopback or LAN stream
 /// of big blobs is not throttled by acknowledgements.
@@ -68,6 +68,23 @@ impl Storage {
             disk: None,
             max_batch_bytes,
         }
+    }
+
+    /// The CAS and Action Cache of another REAPI server (bb-storage,
+    /// bazel-remote, NativeLink, a `lazybarn storage`) at `endpoint`
+    /// (`grpc://host:port`), instance `instance`. The services built from
+    /// it proxy every call there, so clients may use this server's port or
+    /// the remote's alike. `max_batch_bytes` is what this server advertises
+    /// and accepts; calls to the remote follow the remote's own limit.
+    pub async fn remote(endpoint: &str, instance: &str, max_batch_bytes: usize) -> Result<Self> {
+        let store = RemoteStore::connect(endpoint, instance).await?;
+        let action_cache = RemoteActionCache::new(store.client());
+        Ok(Storage {
+            store: Arc::new(store),
+            action_cache: Arc::new(action_cache),
+            disk: None,
+            max_batch_bytes,
+        })
     }
 
     /// Adds Capabilities, ContentAddressableStorage, ByteStream and

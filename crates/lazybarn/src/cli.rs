@@ -27,7 +27,8 @@ pub enum Command {
     Up(UpArgs),
     /// A worker and its runner, joining a running scheduler.
     Worker(WorkerArgs),
-    /// The scheduler with its embedded storage and status page.
+    /// The scheduler with its storage (embedded, or a remote CAS named by
+    /// `[storage] remote`) and status page.
     Scheduler(SchedulerArgs),
     /// The storage alone (CAS, ByteStream, Action Cache): a remote cache.
     Storage(StorageArgs),
@@ -79,7 +80,9 @@ pub struct WorkerArgs {
     /// (required unless the configuration file names it).
     #[arg(long)]
     pub scheduler: Option<String>,
-    /// The CAS [default: the scheduler's embedded storage].
+    /// The CAS [default: the scheduler's storage]. Where the scheduler's
+    /// `[storage] remote` names another CAS, give that CAS here, so blobs
+    /// do not pass through the scheduler.
     #[arg(long)]
     pub cas: Option<String>,
     /// Actions run at once [default: one per core].

@@ -12,7 +12,7 @@ use crate::cli::{RunnerArgs, SchedulerArgs, StorageArgs};
 use crate::error::LazybarnError;
 use crate::shutdown::ShutdownSignal;
 
-/// Serves the scheduler, its embedded storage and its status page until
+/// Serves the scheduler, its storage services and its status page until
 /// SIGINT or SIGTERM.
 pub async fn scheduler(args: SchedulerArgs) -> Result<(), LazybarnError> {
     let mut signal = ShutdownSignal::install()?;

@@ -21,6 +21,19 @@
 //! max_retries = 2
 //! ignored_platform_properties = ["dockerNetwork"]
 //! ```
+//!
+//! A scheduler whose CAS and Action Cache are another REAPI server's
+//! (bb-storage, bazel-remote, NativeLink, a `lazybarn storage`) names it in
+//! `[storage]` instead of a data directory; its workers take
+//! `--cas grpc://cas.example:8980` to read and write the same blobs:
+//!
+//! ```toml
+//! listen = "0.0.0.0:8980"
+//!
+//! [storage]
+//! remote = "grpc://cas.example:8980"
+//! remote_instance_name = "main"      # optional; default: ""
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -129,19 +142,35 @@ impl SchedulerConfig {
     }
 }
 
-/// Where the embedded CAS and Action Cache keep their data.
+/// Where the CAS and Action Cache keep their data: the embedded store (on
+/// disk under `data_dir`, or in memory), or another REAPI server (`remote`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Directory for blobs (`cas/`) and Action Cache entries (`ac/`). Unset:
-    /// everything is kept in memory and lost at exit.
+    /// Directory for blobs (`cas/`) and Action Cache entries (`ac/`). Unset
+    /// (and no `remote`): everything is kept in memory and lost at exit.
     pub data_dir: Option<PathBuf>,
-    /// Most bytes of blobs kept; least recently used blobs are evicted above
-    /// it. Recommended: most of the disk. Default: 10 GiB.
+    /// Most bytes of blobs kept in the embedded store; least recently used
+    /// blobs are evicted above it. Recommended: most of the disk. Default:
+    /// 10 GiB. Not used with `remote`, which manages its own space.
     pub max_size_bytes: u64,
     /// Largest sum of blob sizes in one batch call, advertised in
-    /// Capabilities. Default: 4 MiB.
+    /// Capabilities. Default: 4 MiB. With `remote`, calls to the remote
+    /// follow the limit it advertises, whatever this is.
     pub max_batch_bytes: usize,
+    /// Another REAPI CAS and Action Cache to use instead of the embedded
+    /// store, as `grpc://host:port` (plaintext gRPC; `http://` means the
+    /// same): Buildbarn's bb-storage, bazel-remote, NativeLink or a
+    /// `lazybarn storage`. The scheduler reads actions and checks inputs
+    /// there, stores results in its Action Cache, and proxies the CAS,
+    /// ByteStream and Action Cache services it serves to it, so clients may
+    /// use either address. Point every worker's `--cas` at the same server.
+    /// Cannot be combined with `data_dir`. Unset by default.
+    pub remote: Option<String>,
+    /// The instance name sent to `remote` on every call. Default: `""`.
+    /// Clients' instance names are not passed through: every instance of
+    /// this scheduler shares the one remote instance.
+    pub remote_instance_name: String,
 }
 
 impl Default for StorageConfig {
@@ -150,7 +179,31 @@ impl Default for StorageConfig {
             data_dir: None,
             max_size_bytes: 10 << 30,
             max_batch_bytes: lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES,
+            remote: None,
+            remote_instance_name: String::new(),
         }
+    }
+}
+
+impl StorageConfig {
+    /// Rejects values that cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        if let Some(dir) = &self.data_dir {
+            return Err(format!(
+                "[storage] sets both data_dir ({}) and remote ({remote}); \
+                 give data_dir for the embedded store or remote for another CAS, not both",
+                dir.display()
+            ));
+        }
+        if !(remote.starts_with("grpc://") || remote.starts_with("http://")) {
+            return Err(format!(
+                "[storage] remote = {remote:?} is not a grpc://host:port address"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -169,7 +222,7 @@ pub struct ServerConfig {
     /// metrics (`/metrics`). Default: `127.0.0.1:8981`; port 0 picks a
     /// free port.
     pub http_listen: SocketAddr,
-    /// The embedded storage.
+    /// The CAS and Action Cache: embedded, or another REAPI server's.
     pub storage: StorageConfig,
     /// Scheduling behaviour.
     pub scheduler: SchedulerConfig,
@@ -192,6 +245,7 @@ impl ServerConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: ServerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         config.scheduler.validate()?;
+        config.storage.validate()?;
         Ok(config)
     }
 
@@ -238,6 +292,35 @@ mod tests {
         assert!(err.contains("lease"), "{err}");
         let err = ServerConfig::parse("listne = \"127.0.0.1:1\"\n").expect_err("unknown");
         assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn the_remote_storage_example_parses() {
+        let example = include_str!("config.rs")
+            .split("```toml\n")
+            .nth(2)
+            .and_then(|rest| rest.split("//! ```").next())
+            .expect("the module doc has a second TOML example")
+            .lines()
+            .map(|line| line.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = ServerConfig::parse(&example).expect("example parses");
+        assert_eq!(
+            config.storage.remote.as_deref(),
+            Some("grpc://cas.example:8980")
+        );
+        assert_eq!(config.storage.remote_instance_name, "main");
+        assert_eq!(config.storage.data_dir, None);
+    }
+
+    #[test]
+    fn remote_storage_and_a_data_dir_exclude_each_other() {
+        let text = "[storage]\ndata_dir = \"/srv\"\nremote = \"grpc://cas:8980\"\n";
+        let err = ServerConfig::parse(text).expect_err("both");
+        assert!(err.contains("data_dir") && err.contains("remote"), "{err}");
+        let err = ServerConfig::parse("[storage]\nremote = \"cas:8980\"\n").expect_err("no scheme");
+        assert!(err.contains("grpc://"), "{err}");
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //!
 //! The services: [`execution_service`] (REAPI Execution),
 //! [`operations_service`] (google.longrunning.Operations), and
-//! [`worker_service`]; [`server`] puts them on ports next to the embedded
-//! storage of `lazybarn-cas`. [`status`] serves the status page and
+//! [`worker_service`]; [`server`] puts them on ports next to the storage
+//! services of `lazybarn-cas`, over its embedded store or a remote CAS. [`status`] serves the status page and
 //! `/metrics` ([`metrics`]). [`config`] documents every setting.
 
 pub mod action;

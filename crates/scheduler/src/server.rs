@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StorageConfig};
 use crate::execution_service::ExecutionService;
 use crate::operations_service::OperationsService;
 use crate::scheduler::Scheduler;
@@ -31,7 +31,7 @@ const WORKER_MESSAGE_LIMIT: usize = 64 << 20;
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The embedded storage could not be opened.
+    /// The storage could not be opened, or the remote CAS reached.
     #[error("opening storage: {0}")]
     Storage(#[from] CasError),
     /// A listening socket could not be bound.
@@ -101,6 +101,21 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// The storage `config` describes: another REAPI server's when `remote` is
+/// set, else the embedded store on disk or in memory.
+pub async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {
+    if let Some(remote) = &config.remote {
+        tracing::info!(remote = %remote, instance = %config.remote_instance_name, "using a remote CAS and Action Cache");
+        return Ok(
+            Storage::remote(remote, &config.remote_instance_name, config.max_batch_bytes).await?,
+        );
+    }
+    Ok(match &config.data_dir {
+        Some(dir) => Storage::open(dir, config.max_size_bytes, config.max_batch_bytes)?,
+        None => Storage::in_memory(config.max_size_bytes, config.max_batch_bytes),
+    })
+}
+
 /// Serves storage, scheduler, worker protocol and status page until
 /// `shutdown` resolves.
 pub async fn run(
@@ -109,17 +124,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let storage = match &config.storage.data_dir {
-        Some(dir) => Storage::open(
-            dir,
-            config.storage.max_size_bytes,
-            config.storage.max_batch_bytes,
-        )?,
-        None => Storage::in_memory(
-            config.storage.max_size_bytes,
-            config.storage.max_batch_bytes,
-        ),
-    };
+    let storage = open_storage(&config.storage).await?;
     let scheduler = Scheduler::new(
         storage.store.clone(),
         storage.action_cache.clone(),

@@ -2,18 +2,21 @@
 //!
 //! [`BlobStore`] is the one interface the services, the scheduler and the
 //! worker use. [`DiskStore`] keeps blobs as files and survives crashes and
-//! restarts; [`MemoryStore`] keeps them in memory for tests and small setups.
+//! restarts; [`MemoryStore`] keeps them in memory for tests and small setups;
+//! [`RemoteStore`] is another REAPI CAS, for deployments that outgrow a disk.
 //! Every store verifies a blob against its digest before anyone can read it,
 //! and every store holds the empty blob without being told.
 
 mod disk;
 mod memory;
+mod remote;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
+pub use remote::RemoteStore;
 
 use crate::digest::Digest;
 use crate::error::{CasError, Result};

@@ -67,7 +67,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(config: SchedulerConfig) -> Self {
-        let storage = Storage::in_memory(1 << 30, 4 << 20);
+        Self::start_with_storage(config, Storage::in_memory(1 << 30, 4 << 20)).await
+    }
+
+    /// The same over a storage of the caller's choosing.
+    pub async fn start_with_storage(config: SchedulerConfig, storage: Storage) -> Self {
         let scheduler = Scheduler::new(storage.store.clone(), storage.action_cache.clone(), config);
         let mut routes = RoutesBuilder::default();
         storage.add_services(&mut routes, true);
