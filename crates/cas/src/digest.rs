@@ -172,8 +172,19 @@ pub fn verify(expected: &Digest, data: &[u8]) -> Result<(), CasError> {
             actual: data.len() as u64,
         });
     }
-    let actual = Digest::of(data);
-    if actual.hash != expected.hash {
+    check_hashed(expected, &Digest::of(data))
+}
+
+/// Checks that `actual`, the digest of bytes hashed as they streamed by,
+/// is `expected`: the size first, since a wrong size says more.
+pub fn check_hashed(expected: &Digest, actual: &Digest) -> Result<(), CasError> {
+    if actual.size() != expected.size() {
+        return Err(CasError::SizeMismatch {
+            digest: *expected,
+            actual: actual.size(),
+        });
+    }
+    if actual != expected {
         return Err(CasError::HashMismatch {
             digest: *expected,
             actual: actual.hash_hex(),

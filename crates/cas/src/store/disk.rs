@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 
 use super::{BlobStore, BlobWriter, check_write_fits, clamp_range};
-use crate::digest::{Digest, DigestHasher, verify};
+use crate::digest::{Digest, DigestHasher, check_hashed, verify};
 use crate::error::{CasError, Result};
 
 /// Above this many blobs in one batch, one `syncfs` replaces per-file
@@ -459,18 +459,7 @@ impl BlobWriter for DiskWriter {
         let file = self.take_file()?;
         let actual = std::mem::take(&mut self.hasher).finish();
         let digest = self.digest;
-        if actual.size() != digest.size() {
-            return Err(CasError::SizeMismatch {
-                digest,
-                actual: actual.size(),
-            });
-        }
-        if actual != digest {
-            return Err(CasError::HashMismatch {
-                digest,
-                actual: actual.hash_hex(),
-            });
-        }
+        check_hashed(&digest, &actual)?;
         if self.shared.touch(&digest) {
             return Ok(());
         }

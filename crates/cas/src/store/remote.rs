@@ -26,7 +26,7 @@ use tonic::{Code, Status};
 
 use super::{BlobStore, BlobWriter, check_write_fits, clamp_range};
 use crate::client::CasClient;
-use crate::digest::{Digest, DigestHasher, verify};
+use crate::digest::{Digest, DigestHasher, check_hashed, verify};
 use crate::error::{CasError, Result};
 
 /// The blobs of a remote REAPI CAS instance.
@@ -182,18 +182,7 @@ impl BlobWriter for RemoteWriter {
             hasher,
         } = *self;
         let actual = hasher.finish();
-        if actual.size() != digest.size() {
-            return Err(CasError::SizeMismatch {
-                digest,
-                actual: actual.size(),
-            });
-        }
-        if actual != digest {
-            return Err(CasError::HashMismatch {
-                digest,
-                actual: actual.hash_hex(),
-            });
-        }
+        check_hashed(&digest, &actual)?;
         if digest.is_empty() {
             return Ok(());
         }
