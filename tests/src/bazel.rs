@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tempfile::TempDir;
 
 use crate::summary::ProcessSummary;
@@ -241,6 +241,22 @@ impl BazelOutput {
                 self.stderr_tail()
             )
         })
+    }
+
+    /// Checks that Bazel succeeded and that every action but internal ones,
+    /// at least `at_least` of them, was a remote cache hit; `when` says which
+    /// build this was, for the error message.
+    pub fn ensure_all_remote_cache_hits(&self, at_least: u64, when: &str) -> Result<()> {
+        let summary = self.ensure_success()?.summary()?;
+        ensure!(
+            summary.executed() == 0
+                && summary.remote_cache_hits() == summary.non_internal()
+                && summary.remote_cache_hits() >= at_least,
+            "{when}, every action should be a remote cache hit: {summary:?}\n\
+             end of Bazel's stderr:\n{}",
+            self.stderr_tail()
+        );
+        Ok(())
     }
 
     /// The end of Bazel's stderr, for error messages.

@@ -16,9 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use lazybarn_tests::{
-    BazelOutput, BazelWorkspace, LazybarnUp, ServerProcess, StorageServer, workspace_binary,
-};
+use lazybarn_tests::{BazelWorkspace, LazybarnUp, ServerProcess, StorageServer, workspace_binary};
 
 /// The workspace under `tests/bazel/`.
 const WORKSPACE: &str = "remote_workspace";
@@ -115,7 +113,7 @@ fn build_through_scheduler(bazel: &BazelWorkspace, scheduler: &str) -> Result<()
 
     bazel.run("clean", &[])?.ensure_success()?;
     let warm = bazel.run("build", &flags)?;
-    ensure_all_cache_hits(&warm, "after clean, through the scheduler")
+    warm.ensure_all_remote_cache_hits(MIN_ACTIONS, "after clean, through the scheduler")
 }
 
 /// With only the storage left, every action of the same build is found in
@@ -126,7 +124,7 @@ fn build_from_storage_alone(bazel: &BazelWorkspace, cas: &str) -> Result<()> {
     bazel.run("clean", &[])?.ensure_success()?;
     let build: Vec<&str> = flags.iter().copied().chain(["//app:banner"]).collect();
     let warm = bazel.run("build", &build)?;
-    ensure_all_cache_hits(&warm, "after clean, from the storage alone")?;
+    warm.ensure_all_remote_cache_hits(MIN_ACTIONS, "after clean, from the storage alone")?;
     let banner = bazel.bazel_bin()?.join("app/banner");
     let output = Command::new(&banner)
         .arg("barn")
@@ -138,20 +136,6 @@ fn build_from_storage_alone(bazel: &BazelWorkspace, cas: &str) -> Result<()> {
         "{} exited with {} and printed {printed:?}",
         banner.display(),
         output.status,
-    );
-    Ok(())
-}
-
-fn ensure_all_cache_hits(build: &BazelOutput, what: &str) -> Result<()> {
-    let summary = build.ensure_success()?.summary()?;
-    eprintln!("build {what}: {summary:?}");
-    ensure!(
-        summary.executed() == 0
-            && summary.remote_cache_hits() == summary.non_internal()
-            && summary.remote_cache_hits() >= MIN_ACTIONS,
-        "{what}, every action should be a remote cache hit: {summary:?}\n\
-         end of Bazel's stderr:\n{}",
-        build.stderr_tail()
     );
     Ok(())
 }

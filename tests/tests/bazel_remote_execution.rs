@@ -388,17 +388,7 @@ fn build_remotely_then_from_cache(
 fn all_from_cache(bazel: &BazelWorkspace, flags: &[String], when: &str) -> Result<()> {
     bazel.run("clean", &[])?.ensure_success()?;
     let test = run(bazel, "test", flags, &TARGETS)?;
-    let summary = test.ensure_success()?.summary()?;
-    eprintln!("build {when}: {summary:?}");
-    ensure!(
-        summary.executed() == 0
-            && summary.remote_cache_hits() == summary.non_internal()
-            && summary.remote_cache_hits() >= MIN_ACTIONS,
-        "{when}, every action should be a remote cache hit: {summary:?}\n\
-         end of Bazel's stderr:\n{}",
-        test.stderr_tail()
-    );
-    Ok(())
+    test.ensure_all_remote_cache_hits(MIN_ACTIONS, when)
 }
 
 /// `/metrics` shows the scheduler's and the worker's metrics together.
