@@ -20,10 +20,9 @@ use lazybarn_proto::reapi::execution_client::ExecutionClient;
 use lazybarn_proto::reapi::{Action, ActionResult, Command, ExecuteRequest, ExecuteResponse};
 use lazybarn_proto::worker::scheduler_client::SchedulerClient;
 use lazybarn_proto::worker::{CompleteExecutionRequest, PollWorkRequest, RegisterRequest};
+use lazybarn_scheduler::SchedulerConfig;
 use lazybarn_scheduler::server;
-use lazybarn_scheduler::{Scheduler, SchedulerConfig};
 use prost::Message;
-use tonic::service::RoutesBuilder;
 use tonic::transport::Channel;
 
 fn knob(name: &str, default: usize) -> usize {
@@ -49,25 +48,14 @@ async fn bench() {
     let slots = knob("LAZYBARN_BENCH_SLOTS", 64);
     let hits = knob("LAZYBARN_BENCH_HITS", 5_000);
 
-    let storage = Storage::in_memory(4 << 30, 4 << 20);
-    let scheduler = Scheduler::new(
-        storage.store.clone(),
-        storage.action_cache.clone(),
+    let serving = server::InProcess::start(
+        Storage::in_memory(4 << 30, 4 << 20),
         SchedulerConfig::default(),
-    );
-    let mut routes = RoutesBuilder::default();
-    storage.add_services(&mut routes, true);
-    lazybarn_scheduler::server::add_services(&scheduler, &mut routes);
-    lazybarn_scheduler::server::add_worker_service(&scheduler, &mut routes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        routes.routes(),
-        std::future::pending(),
-    ));
+    )
+    .await
+    .expect("serve");
+    let addr = serving.addr;
+    let storage = serving.storage.clone();
     let channel = |_| {
         Channel::from_shared(format!("http://{addr}"))
             .expect("url")

@@ -183,3 +183,72 @@ pub async fn run(
     scheduler.stop();
     servers.await
 }
+
+/// A scheduler and its storage served with every service (client, storage
+/// and worker protocol) on one loopback port of its own, for tests,
+/// benchmarks and tools that need a whole farm in one process. Serving
+/// stops when it is dropped.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The storage it serves.
+    pub storage: Storage,
+    /// The scheduler it serves.
+    pub scheduler: Scheduler,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcess {
+    /// Starts serving a new scheduler with `config` over `storage`.
+    pub async fn start(
+        storage: Storage,
+        config: crate::config::SchedulerConfig,
+    ) -> Result<InProcess, ServerError> {
+        let scheduler = Scheduler::new(storage.store.clone(), storage.action_cache.clone(), config);
+        let mut routes = RoutesBuilder::default();
+        storage.add_services(&mut routes, true);
+        add_services(&scheduler, &mut routes);
+        add_worker_service(&scheduler, &mut routes);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = TcpListener::bind(loopback)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: loopback,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: loopback,
+            source,
+        })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = serve(listener, routes.routes(), stopped).await {
+                tracing::error!(error = %e, "serving an in-process scheduler");
+            }
+        });
+        Ok(InProcess {
+            addr,
+            storage,
+            scheduler,
+            stop: Some(stop),
+        })
+    }
+
+    /// A channel to it, connected on first use.
+    pub fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("a socket address makes a valid URL")
+            .connect_lazy()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

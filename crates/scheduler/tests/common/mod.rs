@@ -27,10 +27,8 @@ use lazybarn_proto::worker::{
 use lazybarn_scheduler::server;
 use lazybarn_scheduler::{Scheduler, SchedulerConfig, operation};
 use prost::Message;
-use tokio::sync::oneshot;
 use tonic::Streaming;
 use tonic::metadata::MetadataValue;
-use tonic::service::RoutesBuilder;
 use tonic::transport::Channel;
 
 /// A hang guard, never a timing assertion.
@@ -62,7 +60,7 @@ pub struct Cluster {
     pub storage: Storage,
     pub scheduler: Scheduler,
     channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
+    _serving: server::InProcess,
 }
 
 impl Cluster {
@@ -72,32 +70,15 @@ impl Cluster {
 
     /// The same over a storage of the caller's choosing.
     pub async fn start_with_storage(config: SchedulerConfig, storage: Storage) -> Self {
-        let scheduler = Scheduler::new(storage.store.clone(), storage.action_cache.clone(), config);
-        let mut routes = RoutesBuilder::default();
-        storage.add_services(&mut routes, true);
-        lazybarn_scheduler::server::add_services(&scheduler, &mut routes);
-        lazybarn_scheduler::server::add_worker_service(&scheduler, &mut routes);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel();
-        tokio::spawn(async move {
-            server::serve(listener, routes.routes(), async {
-                let _ = stopped.await;
-            })
+        let serving = server::InProcess::start(storage, config)
             .await
             .expect("serve");
-        });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("url")
-            .connect_lazy();
         Cluster {
-            addr,
-            storage,
-            scheduler,
-            channel,
-            stop: Some(stop),
+            addr: serving.addr,
+            storage: serving.storage.clone(),
+            scheduler: serving.scheduler.clone(),
+            channel: serving.channel(),
+            _serving: serving,
         }
     }
 
@@ -170,14 +151,6 @@ impl Cluster {
 
     pub async fn worker(&self, id: &str, platform: &[(&str, &str)], slots: u32) -> TestWorker {
         TestWorker::register(self.channel(), id, platform, slots).await
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -11,19 +11,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lazybarn_cas::Digest;
-use lazybarn_cas::server::{Storage, serve};
+use lazybarn_cas::server::Storage;
 use lazybarn_proto::longrunning::Operation;
 use lazybarn_proto::reapi::execution_client::ExecutionClient;
 use lazybarn_proto::reapi::{
     Action, Command, Directory, DirectoryNode, ExecuteRequest, ExecuteResponse, FileNode,
 };
 use lazybarn_runner::{RunnerConfig, RunnerDaemon};
+use lazybarn_scheduler::server::InProcess;
 use lazybarn_scheduler::{Scheduler, SchedulerConfig};
 use lazybarn_worker::{BuildMode, Stop, WorkerConfig};
 use prost::Message;
 use tokio::sync::watch;
 use tonic::Streaming;
-use tonic::service::RoutesBuilder;
 use tonic::transport::Channel;
 
 /// How a farm is set up.
@@ -62,8 +62,10 @@ pub struct Farm {
     pub dir: tempfile::TempDir,
     /// Raises the worker's stop level.
     pub stop_worker: watch::Sender<Stop>,
-    /// Stops the runner, then the servers.
+    /// Stops the runners.
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The scheduler and storage, served until dropped.
+    serving: Option<InProcess>,
     pub worker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -90,28 +92,18 @@ impl Farm {
                 let _ = lazybarn_vfs::clean_stale_mounts(&watched);
             }
         });
-        let storage = Storage::in_memory(1 << 30, 4 << 20);
         let config = SchedulerConfig {
             lease_duration: options.lease,
             poll_timeout: Duration::from_secs(1),
             ..SchedulerConfig::default()
         };
-        let scheduler = Scheduler::new(storage.store.clone(), storage.action_cache.clone(), config);
-        let mut routes = RoutesBuilder::default();
-        storage.add_services(&mut routes, true);
-        lazybarn_scheduler::server::add_services(&scheduler, &mut routes);
-        lazybarn_scheduler::server::add_worker_service(&scheduler, &mut routes);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let serving = InProcess::start(Storage::in_memory(1 << 30, 4 << 20), config)
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop_server, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(serve(listener, routes.routes(), async {
-            let _ = stopped.await;
-        }));
+            .expect("serve the scheduler");
+        let addr = serving.addr;
 
         let socket = dir.path().join("runner.sock");
-        let mut stop = vec![stop_server];
+        let mut stop = Vec::new();
         if options.runner {
             stop.push(serve_runner(&socket));
         }
@@ -141,13 +133,11 @@ impl Farm {
                 .await
                 .expect("worker runs");
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("url")
-            .connect_lazy();
         Farm {
-            storage,
-            scheduler,
-            channel,
+            storage: serving.storage.clone(),
+            scheduler: serving.scheduler.clone(),
+            channel: serving.channel(),
+            serving: Some(serving),
             worker_id,
             dir,
             stop_worker,
@@ -159,7 +149,6 @@ impl Farm {
     /// Starts a runner on the worker's socket (for a farm started without).
     pub fn start_runner(&mut self) {
         let stop = serve_runner(&self.dir.path().join("runner.sock"));
-        // Stopped before the servers: `stop` sends in reverse order.
         self.stop.push(stop);
     }
 
@@ -255,14 +244,15 @@ impl Farm {
         }
     }
 
-    /// Drains the worker and waits for it, then stops the runner and the
-    /// servers.
+    /// Drains the worker and waits for it, then stops the runners and the
+    /// scheduler.
     pub async fn stop(mut self) {
         self.tell_worker(Stop::Drain);
         self.worker_stopped().await;
-        for stop in self.stop.drain(..).rev() {
+        for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
+        self.serving.take();
     }
 }
 
