@@ -376,8 +376,9 @@ END_OF_PYTHON
         worker --config /etc/lazybarn/worker.toml --workers 2 --http 0.0.0.0:8983 >/dev/null
     bazel_netns=/proc/$("${podman[@]}" inspect --format '{{.State.Pid}}' "$scheduler")/ns/net
 
-    # The probes' endpoints, from inside the namespace, until both answer
-    # and the worker is registered.
+    # The probes' endpoints, from inside the namespace, until all answer 200
+    # (the worker's /readyz once it is registered with a ready runner) and
+    # the scheduler counts the worker.
     local probe='
 import sys, urllib.request
 for url in sys.argv[1:]:
@@ -386,7 +387,8 @@ for url in sys.argv[1:]:
     local ready=0
     for ((i = 0; i < 100; i++)); do
         if nsenter "--net=$bazel_netns" python3 -c "$probe" \
-            http://127.0.0.1:8981/metrics http://127.0.0.1:8983/metrics 2>/dev/null &&
+            http://127.0.0.1:8981/metrics http://127.0.0.1:8983/healthz \
+            http://127.0.0.1:8983/readyz 2>/dev/null &&
             [[ "$(nsenter "--net=$bazel_netns" python3 "$work/status.py" \
                 http://127.0.0.1:8981 workers)" == 1 ]]; then
             ready=1

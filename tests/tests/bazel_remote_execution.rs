@@ -127,12 +127,14 @@ fn a_worker_joins_a_running_scheduler() -> Result<()> {
         summary.remotely_executed() == summary.non_internal() && summary.remotely_executed() >= 3,
         "the joined worker should run every action: {summary:?}"
     );
-    // A standalone worker exports its own metrics.
+    // A standalone worker exports its own metrics, and says it is ready.
     let completed = actions_completed(&worker)?;
     ensure!(
         completed >= 3,
         "the worker's /metrics counts {completed} actions completed"
     );
+    let readiness = lazybarn_tests::cluster::http_get(&worker_http(&worker)?, "/readyz")?;
+    ensure!(readiness == "ready\n", "/readyz answered {readiness:?}");
     let status = worker.terminate(Duration::from_secs(30))?;
     ensure!(status.success(), "lazybarn worker exited with {status}");
     up.stop()?;
@@ -597,12 +599,7 @@ fn worker_build_dir(worker: &ServerProcess) -> Result<PathBuf> {
 /// How many actions a `lazybarn worker` started with `--http` reports
 /// completed successfully on its /metrics.
 fn actions_completed(worker: &ServerProcess) -> Result<u64> {
-    let announced = worker.announced();
-    let base = announced
-        .split_once(", metrics ")
-        .and_then(|(_, url)| url.trim().strip_suffix("/metrics"))
-        .with_context(|| format!("no metrics URL in {announced:?}"))?;
-    let metrics = lazybarn_tests::cluster::http_get(base, "/metrics")?;
+    let metrics = lazybarn_tests::cluster::http_get(&worker_http(worker)?, "/metrics")?;
     let counter = "lazybarn_worker_actions_total{outcome=\"ok\"}";
     let value = metrics
         .lines()
@@ -612,6 +609,16 @@ fn actions_completed(worker: &ServerProcess) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("{counter} has the value {value:?}"))
+}
+
+/// The HTTP base URL a `lazybarn worker --http` announced.
+fn worker_http(worker: &ServerProcess) -> Result<String> {
+    let announced = worker.announced();
+    announced
+        .split_once(", metrics ")
+        .and_then(|(_, url)| url.trim().strip_suffix("/metrics"))
+        .map(str::to_string)
+        .with_context(|| format!("no metrics URL in {announced:?}"))
 }
 
 /// Waits until some process's command line contains `marker`; their pids.

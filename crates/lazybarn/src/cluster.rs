@@ -18,6 +18,7 @@
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lazybarn_scheduler::ServerConfig;
@@ -301,7 +302,12 @@ async fn start_worker(
     let config = worker_config(settings, layout);
     let (stop, stop_rx) = watch::channel(Stop::Run);
     Ok(Piece {
-        task: Some(tokio::spawn(run_worker(config, Some(runner), stop_rx))),
+        task: Some(tokio::spawn(run_worker(
+            config,
+            Some(runner),
+            stop_rx,
+            Arc::default(),
+        ))),
         stop,
     })
 }

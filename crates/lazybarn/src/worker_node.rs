@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use lazybarn_worker::Health;
 use lazybarn_worker::Stop;
 use lazybarn_worker::config::{BuildMode, WorkerConfig};
 use tokio::sync::watch;
@@ -178,12 +180,13 @@ pub async fn run_worker(
     config: WorkerConfig,
     runner: Option<RunnerChild>,
     stop: watch::Receiver<Stop>,
+    health: Arc<Health>,
 ) -> Result<(), LazybarnError> {
     let Some(mut runner) = runner else {
-        return Ok(lazybarn_worker::run_until(config, stop).await?);
+        return Ok(lazybarn_worker::run_until_with_health(config, stop, health).await?);
     };
     let (to_worker, worker_stop) = watch::channel(*stop.borrow());
-    let worker = lazybarn_worker::run_until(config, worker_stop);
+    let worker = lazybarn_worker::run_until_with_health(config, worker_stop, health);
     tokio::pin!(worker);
     let mut runner_died = None;
     let mut orders = Some(stop);
@@ -258,8 +261,12 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     };
     // /metrics stays up while the worker drains, for probes and scrapes.
     let (done, done_rx) = watch::channel(Stop::Run);
+    let health = Arc::new(Health::default());
     let metrics = match args.http {
-        Some(addr) => format!(", metrics {}", serve_metrics(addr, done_rx).await?),
+        Some(addr) => format!(
+            ", metrics {}",
+            serve_metrics(addr, done_rx, health.clone()).await?
+        ),
         None => String::new(),
     };
     println!(
@@ -268,7 +275,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     );
     let drain_timeout = config.drain_timeout;
     let (stop, stop_rx) = watch::channel(Stop::Run);
-    let worker = run_worker(config, runner, stop_rx);
+    let worker = run_worker(config, runner, stop_rx, health);
     tokio::pin!(worker);
     let result = until_drained(&mut worker, &stop, &mut signal, drain_timeout).await;
     done.send_replace(Stop::Drain);
@@ -311,6 +318,7 @@ pub async fn until_drained(
 async fn serve_metrics(
     addr: std::net::SocketAddr,
     stop: watch::Receiver<Stop>,
+    health: Arc<Health>,
 ) -> Result<String, LazybarnError> {
     let handle = lazybarn_scheduler::metrics::install_prometheus()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -323,7 +331,9 @@ async fn serve_metrics(
             .map_err(|e| LazybarnError::Startup(format!("listening on {addr}: {e}")))?
     );
     tokio::spawn(async move {
-        if let Err(e) = crate::metrics_endpoint::serve(listener, handle, stopped(stop)).await {
+        if let Err(e) =
+            crate::metrics_endpoint::serve(listener, handle, health, stopped(stop)).await
+        {
             tracing::warn!(error = %e, "serving /metrics");
         }
     });

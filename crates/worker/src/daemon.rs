@@ -30,6 +30,7 @@ use tonic::{Code, Status};
 
 use crate::action::{self, ActionEnvironment, Progress};
 use crate::config::WorkerConfig;
+use crate::health::Health;
 use crate::runner::RunnerConnection;
 
 /// Why the worker could not start.
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     /// True once open PollWork calls may be cancelled: the scheduler has been
     /// told of the drain, so none of them can carry an action any more.
     pub(crate) polls_closed: watch::Sender<bool>,
+    /// What a readiness probe reports.
+    pub(crate) health: Arc<Health>,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains it for the
@@ -139,9 +142,18 @@ pub async fn run(
 /// sender counts as [`Stop::Now`].
 pub async fn run_until(
     config: WorkerConfig,
-    mut stop: watch::Receiver<Stop>,
+    stop: watch::Receiver<Stop>,
 ) -> Result<(), WorkerError> {
-    let shared = Arc::new(start(config).await?);
+    run_until_with_health(config, stop, Arc::default()).await
+}
+
+/// [`run_until`], keeping `health` up to date for a readiness probe.
+pub async fn run_until_with_health(
+    config: WorkerConfig,
+    mut stop: watch::Receiver<Stop>,
+    health: Arc<Health>,
+) -> Result<(), WorkerError> {
+    let shared = Arc::new(start(config, health).await?);
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..shared.config.slots.max(1) {
         let shared = shared.clone();
@@ -163,7 +175,7 @@ pub(crate) async fn reached(stop: &mut watch::Receiver<Stop>, level: Stop) {
 }
 
 /// Opens the cache, cleans what a crashed predecessor left, and connects.
-async fn start(config: WorkerConfig) -> Result<Shared, WorkerError> {
+async fn start(config: WorkerConfig, health: Arc<Health>) -> Result<Shared, WorkerError> {
     for dir in [&config.build_directory, &config.cache_directory] {
         std::fs::create_dir_all(dir).map_err(|source| WorkerError::Directory {
             path: dir.display().to_string(),
@@ -214,6 +226,7 @@ async fn start(config: WorkerConfig) -> Result<Shared, WorkerError> {
         register_lock: tokio::sync::Mutex::new(()),
         draining: watch::Sender::new(false),
         polls_closed: watch::Sender::new(false),
+        health,
     })
 }
 
@@ -268,6 +281,7 @@ impl Shared {
                     lease.heartbeat = duration(response.heartbeat_interval, Duration::from_secs(5));
                     lease.poll_timeout = duration(response.poll_timeout, Duration::from_secs(30));
                     tracing::info!(worker = %self.worker_id, "registered with the scheduler");
+                    self.health.set_registered(true);
                     return;
                 }
                 Err(e) => {
@@ -313,10 +327,12 @@ impl Shared {
             .check_readiness(&self.config.build_directory)
             .await
         {
+            self.health.set_runner_ready(false);
             tracing::warn!(slot, error = %e, "not taking work");
             tokio::time::sleep(RETRY_DELAY).await;
             return None;
         }
+        self.health.set_runner_ready(true);
         self.poll().await
     }
 
@@ -327,7 +343,10 @@ impl Shared {
         });
         request.set_timeout(poll_timeout + Duration::from_secs(10));
         match self.scheduler.clone().poll_work(request).await {
-            Ok(response) => response.into_inner().assignment,
+            Ok(response) => {
+                self.health.set_registered(true);
+                response.into_inner().assignment
+            }
             Err(e) => {
                 self.on_error("PollWork", &e).await;
                 None
@@ -336,6 +355,7 @@ impl Shared {
     }
 
     async fn on_error(&self, call: &str, status: &Status) {
+        self.health.set_registered(false);
         if self.is_draining() {
             // A stopping worker does not register again: it has nothing to
             // come back for, and would show as taking work.
@@ -432,6 +452,7 @@ impl Shared {
             };
             match self.scheduler.clone().report_progress(request).await {
                 Ok(response) => {
+                    self.health.set_registered(true);
                     let running = self.running.lock().expect("running table lock poisoned");
                     for id in response.into_inner().cancelled_execution_ids {
                         if let Some((_, handle)) = running.get(&id) {

@@ -56,6 +56,7 @@ impl Shared {
             "draining: taking no new work; running actions have {timeout:?} to finish"
         );
         self.draining.send_replace(true);
+        self.health.set_draining();
         self.announce_drain().await;
         self.polls_closed.send_replace(true);
 

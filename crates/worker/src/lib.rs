@@ -25,6 +25,7 @@ pub mod build_dir;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod health;
 pub mod native;
 pub mod outputs;
 pub mod paths;
@@ -32,4 +33,5 @@ pub mod runner;
 pub mod upload;
 
 pub use config::{BuildMode, WorkerConfig};
-pub use daemon::{Stop, WorkerError, fuse_unavailable, run, run_until};
+pub use daemon::{Stop, WorkerError, fuse_unavailable, run, run_until, run_until_with_health};
+pub use health::Health;
