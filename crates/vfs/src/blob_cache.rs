@@ -10,8 +10,11 @@
 //! `pop_lru`. Concurrent requests for one blob share one fetch, and every
 //! fetched blob is hashed and compared with its digest before it is renamed
 //! into place: a corrupt blob is an error, never served.
+//!
+//! The cache also holds the worker's [`DirectoryCache`], so everything a
+//! worker keeps of its inputs travels together to every mount.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +30,7 @@ use lazybarn_cas::digest::DigestHasher;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::directory_cache::{DEFAULT_DIRECTORY_CACHE_BYTES, DirectoryCache};
 use crate::error::{Result, VfsError};
 use crate::source::BlobSource;
 
@@ -57,6 +61,7 @@ pub struct BlobCache {
     max_bytes: u64,
     next_tmp: AtomicU64,
     state: Mutex<CacheState>,
+    directories: DirectoryCache,
 }
 
 struct CacheState {
@@ -64,8 +69,11 @@ struct CacheState {
     unpinned: LruCache<Digest, ()>,
     /// Blobs in use, with their pin counts.
     pinned: HashMap<Digest, u32>,
-    /// Bytes of every blob present, pinned or not.
+    /// Bytes of every blob present, pinned or not, and of their
+    /// executable copies.
     bytes: u64,
+    /// Blobs that also have an executable copy (see `executable_path`).
+    executable: HashSet<Digest>,
     inflight: HashMap<Digest, SharedFetch>,
 }
 
@@ -116,8 +124,10 @@ impl BlobCache {
                 unpinned: LruCache::unbounded(),
                 pinned: HashMap::new(),
                 bytes: 0,
+                executable: HashSet::new(),
                 inflight: HashMap::new(),
             }),
+            directories: DirectoryCache::new(DEFAULT_DIRECTORY_CACHE_BYTES),
         };
         cache.load_existing()?;
         cache.evict();
@@ -156,12 +166,50 @@ impl BlobCache {
         Ok(())
     }
 
+    /// The worker's Directory messages, shared by every mount like the blobs.
+    pub fn directories(&self) -> &DirectoryCache {
+        &self.directories
+    }
+
     /// Where the blob lives (or will live) in the cache.
     pub fn path(&self, digest: &Digest) -> PathBuf {
         let hash = digest.hash_hex();
         self.blobs
             .join(&hash[..2])
             .join(format!("{hash}-{}", digest.size()))
+    }
+
+    /// A read-only executable (0555) copy of a pinned blob, made on first
+    /// use and kept, counted and evicted with the blob.
+    ///
+    /// The native build directory hardlinks inputs from the cache, and one
+    /// inode cannot be 0444 under one name and 0555 under another; without
+    /// this copy every executable input was copied into every action.
+    /// Bazel marks every input file executable, so that was every input.
+    /// Blocking; call it off the async runtime.
+    pub fn executable_path(&self, digest: &Digest) -> Result<PathBuf> {
+        let path = self.path(digest);
+        let executable = executable_name(&path);
+        if self.state.lock().executable.contains(digest) {
+            return Ok(executable);
+        }
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}.x", digest.hash_hex()));
+        let made = fs::copy(&path, &tmp)
+            .and_then(|_| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555)))
+            .and_then(|()| fs::rename(&tmp, &executable));
+        if let Err(e) = made {
+            let _ = fs::remove_file(&tmp);
+            return Err(VfsError::io(
+                format!("making an executable copy of blob {digest}"),
+                e,
+            ));
+        }
+        let mut state = self.state.lock();
+        if state.contains(digest) && state.executable.insert(*digest) {
+            state.bytes += digest.size();
+        }
+        Ok(executable)
     }
 
     /// Whether the blob is present.
@@ -323,13 +371,21 @@ impl BlobCache {
                     break;
                 };
                 state.bytes -= digest.size();
-                victims.push(digest);
+                let executable = state.executable.remove(&digest);
+                if executable {
+                    state.bytes -= digest.size();
+                }
+                victims.push((digest, executable));
             }
         }
-        for digest in victims {
+        for (digest, executable) in victims {
             // Processes that hold the file open keep reading it; hardlinks
             // made by the native mode keep their bytes.
-            let _ = fs::remove_file(self.path(&digest));
+            let path = self.path(&digest);
+            if executable {
+                let _ = fs::remove_file(executable_name(&path));
+            }
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -349,6 +405,15 @@ pub(crate) fn hash_file(path: &Path) -> Result<Digest> {
         }
         hasher.update(&buf[..n]);
     }
+}
+
+/// Where a blob's executable copy lives: beside it, under a name that
+/// `load_existing` does not take for a blob (so a restart removes it, and
+/// it is made again when needed).
+fn executable_name(blob: &Path) -> PathBuf {
+    let mut name = blob.as_os_str().to_owned();
+    name.push(".x");
+    PathBuf::from(name)
 }
 
 fn parse_blob_name(name: &str) -> Option<Digest> {
@@ -396,6 +461,43 @@ mod tests {
         assert_eq!(cache.bytes(), 300, "pinned blobs stay even over budget");
         let reopened = BlobCache::open(dir.path(), 1000).expect("reopen");
         assert!(reopened.contains(&blobs[2]));
+    }
+
+    #[test]
+    fn an_executable_copy_is_made_once_counted_and_evicted_with_its_blob() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = Arc::new(MapSource::default());
+        let tool = source.add(vec![7; 100]);
+        let other = source.add(vec![8; 100]);
+        let source: Arc<dyn BlobSource> = source;
+        let cache = BlobCache::open(dir.path(), 250).expect("open");
+        let rt = runtime();
+        rt.block_on(cache.pin(tool, &source)).expect("pin");
+        let first = cache.executable_path(&tool).expect("executable copy");
+        let second = cache.executable_path(&tool).expect("again");
+        assert_eq!(first, second);
+        let meta = fs::metadata(&first).expect("stat");
+        assert_eq!(meta.mode() & 0o7777, 0o555);
+        assert_eq!(fs::read(&first).expect("read"), vec![7; 100]);
+        assert_ne!(
+            meta.ino(),
+            fs::metadata(cache.path(&tool)).expect("stat").ino(),
+            "the blob itself stays 0444"
+        );
+        assert_eq!(cache.bytes(), 200, "the copy counts against the bound");
+
+        // Over budget once unpinned: the blob and its copy go together.
+        cache.unpin(&tool);
+        rt.block_on(cache.pin(other, &source)).expect("pin other");
+        assert!(!cache.contains(&tool));
+        assert!(!first.exists() && !cache.path(&tool).exists());
+        assert_eq!(cache.bytes(), 100);
+        // A restart forgets copies; they are made again when needed.
+        fs::write(dir.path().join("blobs/00/stray.x"), b"x").expect("write");
+        let reopened = BlobCache::open(dir.path(), 1000).expect("reopen");
+        assert!(!dir.path().join("blobs/00/stray.x").exists());
+        assert_eq!(reopened.bytes(), 100);
     }
 
     #[test]

@@ -155,20 +155,57 @@ impl VfsCore {
     }
 
     async fn fetch_and_load(&self, ino: Ino, digest: Digest) -> Result<(), VfsError> {
-        let bytes = self
-            .source
-            .fetch_blob(digest)
-            .await
-            .map_err(|status| VfsError::Fetch {
-                what: "directory",
-                digest,
-                message: format!("{:?}: {}", status.code(), status.message()),
-                code: status.code(),
-            })?;
-        let directory = input_tree::decode_directory(digest, &bytes)?;
-        input_tree::load_children(&mut self.table.lock(), ino, digest, &directory, self.owner)?;
-        self.counters.directory_loaded();
+        let directories = self.cache.directories();
+        let directory = match directories.get(&digest) {
+            Some(directory) => directory,
+            None => {
+                let bytes =
+                    self.source
+                        .fetch_blob(digest)
+                        .await
+                        .map_err(|status| VfsError::Fetch {
+                            what: "directory",
+                            digest,
+                            message: format!("{:?}: {}", status.code(), status.message()),
+                            code: status.code(),
+                        })?;
+                let directory = directories.insert(digest, &bytes)?;
+                self.counters.directory_fetched();
+                directory
+            }
+        };
+        if input_tree::load_children(&mut self.table.lock(), ino, digest, &directory, self.owner)? {
+            self.counters.directory_loaded();
+        }
         Ok(())
+    }
+
+    /// Loads directory `ino` on the calling thread if its Directory is in
+    /// the worker's cache: no task, no network, so a request thread may do
+    /// it. Returns whether the directory is loaded now; if not (not cached,
+    /// or invalid, which the asynchronous load then reports), the caller
+    /// takes the asynchronous path.
+    fn load_cached(&self, ino: Ino) -> bool {
+        let mut table = self.table.lock();
+        let digest = match table.get(ino).map(|n| &n.kind) {
+            Ok(NodeKind::Dir {
+                children: Children::Unloaded(digest),
+                ..
+            }) => *digest,
+            _ => return true,
+        };
+        let Some(directory) = self.cache.directories().get(&digest) else {
+            return false;
+        };
+        match input_tree::load_children(&mut table, ino, digest, &directory, self.owner) {
+            Ok(loaded) => {
+                if loaded {
+                    self.counters.directory_loaded();
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Runs `op` at once if it needs nothing from the network; otherwise
@@ -180,10 +217,20 @@ impl VfsCore {
         op: impl Fn(&Arc<VfsCore>) -> Result<T, Pending> + Send + 'static,
         done: impl FnOnce(Result<T, Errno>) + Send + 'static,
     ) {
-        let first = match op(self) {
-            Ok(value) => return done(Ok(value)),
-            Err(Pending::Errno(errno)) => return done(Err(errno)),
-            Err(Pending::Load(ino)) => ino,
+        // Directories the worker has seen before load right here; a task
+        // (and the busy runtime's latency) only when one must be fetched.
+        let mut loads = 0;
+        let first = loop {
+            match op(self) {
+                Ok(value) => return done(Ok(value)),
+                Err(Pending::Errno(errno)) => return done(Err(errno)),
+                Err(Pending::Load(ino)) => {
+                    loads += 1;
+                    if loads > MAX_LOADS_PER_OP || !self.load_cached(ino) {
+                        break ino;
+                    }
+                }
+            }
         };
         let core = self.clone();
         self.runtime.spawn(async move {

@@ -38,15 +38,16 @@ pub(crate) fn decode_directory(digest: Digest, bytes: &Bytes) -> Result<Director
         .map_err(|e| VfsError::InvalidInputRoot(format!("Directory {digest} does not decode: {e}")))
 }
 
-/// Fills directory `ino` (which must be unloaded) with the children listed
-/// in `directory`. Nothing changes if the message is invalid.
+/// Fills directory `ino` with the children listed in `directory`; returns
+/// false if someone loaded it first. Nothing changes if the message is
+/// invalid.
 pub(crate) fn load_children(
     table: &mut NodeTable,
     ino: Ino,
     digest: Digest,
     directory: &Directory,
     owner: InputOwner,
-) -> Result<()> {
+) -> Result<bool> {
     let entries = validate(digest, directory)?;
     let node = table
         .get(ino)
@@ -58,7 +59,7 @@ pub(crate) fn load_children(
             ..
         }
     ) {
-        return Ok(());
+        return Ok(false);
     }
     let mut children = BTreeMap::new();
     for entry in entries {
@@ -127,7 +128,7 @@ pub(crate) fn load_children(
     if let NodeKind::Dir { children: slot, .. } = &mut node.kind {
         *slot = Children::Loaded(children);
     }
-    Ok(())
+    Ok(true)
 }
 
 enum Entry<'a> {

@@ -7,6 +7,8 @@
 //!   [`clean_stale_mounts`] removes mounts a crashed worker left.
 //! - [`BlobCache`] is the worker's on-disk cache of file blobs, shared by
 //!   every mount: bounded, LRU, pinned while in use, verified on arrival.
+//!   It carries the worker's [`DirectoryCache`] of Directory messages, so a
+//!   tree one action looked into is not fetched again for the next.
 //! - [`BlobSource`] is where blobs come from; [`CasBlobSource`] reads any
 //!   REAPI CAS through `lazybarn_cas::CasClient`.
 //! - Inside a mount, the node table (`node`) holds every inode; input
@@ -23,6 +25,7 @@
 mod blob_cache;
 mod capture;
 mod core;
+mod directory_cache;
 mod error;
 mod fs;
 mod handles;
@@ -40,6 +43,7 @@ mod testing;
 pub use blob_cache::{BlobCache, Obtained};
 pub use capture::{BlobLocation, CapturedFile, CapturedOutput};
 pub use core::FetchFailure;
+pub use directory_cache::{DEFAULT_DIRECTORY_CACHE_BYTES, DirectoryCache};
 pub use error::{Result, VfsError};
 pub use input_tree::INPUT_MTIME;
 pub use metrics::{MountCounters, MountStats};

@@ -11,8 +11,11 @@ pub const FILES_FETCHED: &str = "lazybarn_vfs_files_fetched_total";
 pub const BYTES_FETCHED: &str = "lazybarn_vfs_bytes_fetched_total";
 /// Opens of input files whose blob was already in the BlobCache.
 pub const CACHE_HITS: &str = "lazybarn_vfs_cache_hits_total";
-/// Directory messages fetched and loaded into a mount's tree.
+/// Directory messages loaded into a mount's tree, fetched or from the
+/// worker's DirectoryCache.
 pub const DIRECTORIES_LOADED: &str = "lazybarn_vfs_directories_loaded_total";
+/// Directory messages fetched from the CAS (the rest came from the cache).
+pub const DIRECTORIES_FETCHED: &str = "lazybarn_vfs_directories_fetched_total";
 /// Time to fetch one blob into the BlobCache, in seconds.
 pub const FETCH_SECONDS: &str = "lazybarn_vfs_fetch_seconds";
 
@@ -23,6 +26,7 @@ pub struct MountCounters {
     bytes_fetched: AtomicU64,
     cache_hits: AtomicU64,
     directories_loaded: AtomicU64,
+    directories_fetched: AtomicU64,
 }
 
 /// A snapshot of [`MountCounters`].
@@ -34,8 +38,11 @@ pub struct MountStats {
     pub bytes_fetched: u64,
     /// Opens served from blobs already in the BlobCache.
     pub cache_hits: u64,
-    /// Directory messages this mount fetched.
+    /// Directory messages loaded into this mount's tree.
     pub directories_loaded: u64,
+    /// Of those, the ones fetched from the CAS rather than found in the
+    /// worker's DirectoryCache.
+    pub directories_fetched: u64,
 }
 
 impl MountCounters {
@@ -60,6 +67,12 @@ impl MountCounters {
         metrics::counter!(DIRECTORIES_LOADED).increment(1);
     }
 
+    /// Records one Directory fetched from the CAS.
+    pub(crate) fn directory_fetched(&self) {
+        self.directories_fetched.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(DIRECTORIES_FETCHED).increment(1);
+    }
+
     /// The counts so far.
     pub fn snapshot(&self) -> MountStats {
         MountStats {
@@ -67,6 +80,7 @@ impl MountCounters {
             bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             directories_loaded: self.directories_loaded.load(Ordering::Relaxed),
+            directories_fetched: self.directories_fetched.load(Ordering::Relaxed),
         }
     }
 }

@@ -76,6 +76,7 @@ impl Mount {
         config: &MountConfig,
     ) -> Result<Mount> {
         check_mount_point(mount_point)?;
+        sys_linux::keep_large_allocations_mapped();
         fs::DirBuilder::new()
             .mode(0o700)
             .create(scratch_dir)

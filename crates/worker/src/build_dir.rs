@@ -127,6 +127,7 @@ impl ActionDirectory {
             context.cache,
             context.source,
             context.fetch_concurrency,
+            native::InputFiles::for_action_uid(context.mount.input_uid),
         )
         .await?;
         self.native_stats = FetchStats {

@@ -1,13 +1,19 @@
 //! The native build directory: every input downloaded into the blob cache
 //! and hardlinked into a plain directory before the command starts.
 //!
-//! Directories are fetched a level at a time with BatchReadBlobs; files are
+//! Directories are fetched a level at a time with BatchReadBlobs (those the
+//! worker has seen before come from its DirectoryCache); files are
 //! brought into the cache with bounded concurrency, then linked in one
 //! blocking task. Cached blobs are read-only (0444) files owned by root, so
 //! a hardlink cannot be written through by the action's uid; executables
 //! need mode 0555, which a shared inode cannot have for only some of its
-//! names, so they are copied. Directories are 0777: the action may create,
-//! rename and delete entries anywhere, as in the virtual mode.
+//! names, so they are linked from an executable copy the cache keeps beside
+//! the blob (made once per blob, not once per action: Bazel marks every
+//! input executable). When the action runs as the worker's own uid
+//! (a worker that is not root), it owns the cache's files and could chmod
+//! and rewrite them, so every input is a copy: [`InputFiles::Copied`].
+//! Directories are 0777: the action may create, rename and delete entries
+//! anywhere, as in the virtual mode.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -18,8 +24,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use lazybarn_cas::{CasClient, Digest};
 use lazybarn_proto::reapi::Directory;
-use lazybarn_vfs::{BlobCache, BlobSource};
-use prost::Message;
+use lazybarn_vfs::{BlobCache, BlobSource, DirectoryCache};
 use tonic::Status;
 
 use crate::action::missing_blob_status;
@@ -33,6 +38,28 @@ pub struct NativeStats {
     pub files_fetched: u64,
     /// Their bytes.
     pub bytes_fetched: u64,
+}
+
+/// How input files get into an action's directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFiles {
+    /// Hardlinks to the cache's read-only files, which the action's uid
+    /// does not own (executables to the cache's executable copies).
+    Linked,
+    /// Copies: the action's uid owns the cache's files.
+    Copied,
+}
+
+impl InputFiles {
+    /// [`InputFiles::Copied`] when the action runs as this process's uid.
+    pub fn for_action_uid(action_uid: u32) -> InputFiles {
+        // SAFETY: geteuid has no preconditions.
+        if action_uid == unsafe { libc::geteuid() } {
+            InputFiles::Copied
+        } else {
+            InputFiles::Linked
+        }
+    }
 }
 
 /// One entry to create, relative to the input root.
@@ -57,8 +84,9 @@ pub async fn populate(
     cache: &Arc<BlobCache>,
     source: &Arc<dyn BlobSource>,
     concurrency: usize,
+    files: InputFiles,
 ) -> Result<NativeStats, Status> {
-    let entries = list_entries(root, cas).await?;
+    let entries = list_entries(root, cas, cache.directories()).await?;
     let mut wanted: Vec<Digest> = entries
         .iter()
         .filter_map(|e| match e {
@@ -99,7 +127,7 @@ pub async fn populate(
         None => {
             let cache = cache.clone();
             let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || materialize(&dir, &entries, &cache))
+            tokio::task::spawn_blocking(move || materialize(&dir, &entries, &cache, files))
                 .await
                 .map_err(|e| Status::internal(format!("laying out inputs: {e}")))?
         }
@@ -112,20 +140,33 @@ pub async fn populate(
     Ok(stats)
 }
 
-/// Fetches every Directory of the tree, a level at a time, and lists what
-/// to create.
-async fn list_entries(root: Digest, cas: &CasClient) -> Result<Vec<Entry>, Status> {
+/// Lists what to create for the whole tree, a level at a time: Directory
+/// messages the worker has seen before come from its DirectoryCache, the
+/// others are fetched with one BatchReadBlobs per level (and cached).
+async fn list_entries(
+    root: Digest,
+    cas: &CasClient,
+    directories: &DirectoryCache,
+) -> Result<Vec<Entry>, Status> {
     let mut entries = Vec::new();
     let mut level: Vec<(PathBuf, Digest)> = vec![(PathBuf::new(), root)];
-    let mut cache: HashMap<Digest, Directory> = HashMap::new();
+    let mut known: HashMap<Digest, Arc<Directory>> = HashMap::new();
     while !level.is_empty() {
-        let unknown: Vec<Digest> = level
-            .iter()
-            .map(|(_, d)| *d)
-            .filter(|d| !cache.contains_key(d))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut unknown = HashSet::new();
+        for (_, digest) in &level {
+            if known.contains_key(digest) {
+                continue;
+            }
+            match directories.get(digest) {
+                Some(directory) => {
+                    known.insert(*digest, directory);
+                }
+                None => {
+                    unknown.insert(*digest);
+                }
+            }
+        }
+        let unknown: Vec<Digest> = unknown.into_iter().collect();
         let fetched = cas.download_batch(&unknown).await.map_err(|e| {
             if e.code() == tonic::Code::NotFound {
                 Status::failed_precondition(format!("input directory missing: {}", e.message()))
@@ -134,14 +175,14 @@ async fn list_entries(root: Digest, cas: &CasClient) -> Result<Vec<Entry>, Statu
             }
         })?;
         for (digest, bytes) in fetched {
-            let directory = Directory::decode(bytes).map_err(|e| {
-                Status::invalid_argument(format!("input directory {digest} does not decode: {e}"))
-            })?;
-            cache.insert(digest, directory);
+            let directory = directories
+                .insert(digest, &bytes)
+                .map_err(|e| Status::invalid_argument(format!("input directory {digest}: {e}")))?;
+            known.insert(digest, directory);
         }
         let mut next = Vec::new();
         for (path, digest) in level {
-            let directory = &cache[&digest];
+            let directory = &known[&digest];
             entries.push(Entry::Dir(path.clone()));
             for f in &directory.files {
                 entries.push(Entry::File {
@@ -177,7 +218,12 @@ fn checked_name(name: &str, directory: Digest) -> Result<&str, Status> {
 }
 
 /// Creates every entry; returns the number of files.
-fn materialize(dir: &Path, entries: &[Entry], cache: &BlobCache) -> Result<u64, Status> {
+fn materialize(
+    dir: &Path,
+    entries: &[Entry],
+    cache: &BlobCache,
+    files_are: InputFiles,
+) -> Result<u64, Status> {
     let io = |what: &Path, e: std::io::Error| {
         Status::internal(format!("laying out input {}: {e}", what.display()))
     };
@@ -203,10 +249,16 @@ fn materialize(dir: &Path, entries: &[Entry], cache: &BlobCache) -> Result<u64, 
             } => {
                 let full = dir.join(path);
                 let cached = cache.path(digest);
-                if *executable {
+                if files_are == InputFiles::Copied {
+                    let mode = if *executable { 0o555 } else { 0o444 };
                     fs::copy(&cached, &full).map_err(|e| io(path, e))?;
-                    fs::set_permissions(&full, fs::Permissions::from_mode(0o555))
+                    fs::set_permissions(&full, fs::Permissions::from_mode(mode))
                         .map_err(|e| io(path, e))?;
+                } else if *executable {
+                    let copy = cache.executable_path(digest).map_err(|e| {
+                        Status::internal(format!("laying out input {}: {e}", path.display()))
+                    })?;
+                    fs::hard_link(&copy, &full).map_err(|e| io(path, e))?;
                 } else {
                     fs::hard_link(&cached, &full).map_err(|e| io(path, e))?;
                 }
@@ -218,4 +270,146 @@ fn materialize(dir: &Path, entries: &[Entry], cache: &BlobCache) -> Result<u64, 
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use lazybarn_cas::server::{Storage, serve};
+    use lazybarn_proto::reapi::{DirectoryNode, FileNode};
+    use lazybarn_vfs::CasBlobSource;
+    use prost::Message;
+
+    async fn put(storage: &Storage, data: Bytes) -> Digest {
+        let digest = Digest::of(&data);
+        storage.store.put(digest, data).await.expect("put");
+        digest
+    }
+
+    fn file(name: &str, digest: Digest) -> FileNode {
+        FileNode {
+            name: name.into(),
+            digest: Some(digest.to_proto()),
+            is_executable: false,
+            node_properties: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_layout_of_a_tree_needs_nothing_from_the_cas() {
+        let storage = Storage::in_memory(1 << 20, 1 << 20);
+        let a = put(&storage, Bytes::from_static(b"a\n")).await;
+        let b = put(&storage, Bytes::from_static(b"b\n")).await;
+        let sub = Directory {
+            files: vec![file("a.h", a)],
+            ..Default::default()
+        };
+        let sub = put(&storage, sub.encode_to_vec().into()).await;
+        let root = Directory {
+            files: vec![FileNode {
+                is_executable: true,
+                ..file("b.h", b)
+            }],
+            directories: vec![DirectoryNode {
+                name: "sub".into(),
+                digest: Some(sub.to_proto()),
+            }],
+            ..Default::default()
+        };
+        let root = put(&storage, root.encode_to_vec().into()).await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, storage.routes(), async {
+            let _ = stopped.await;
+        }));
+        let cas = CasClient::connect(&format!("grpc://{addr}"), "")
+            .await
+            .expect("connect");
+        let source: Arc<dyn BlobSource> = Arc::new(CasBlobSource::new(cas.clone()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlobCache::open(&dir.path().join("cache"), 1 << 20).expect("cache");
+
+        let first = dir.path().join("first");
+        fs::create_dir(&first).expect("mkdir");
+        let stats = populate(&first, root, &cas, &cache, &source, 4, InputFiles::Linked)
+            .await
+            .expect("first layout");
+        assert_eq!((stats.files, stats.files_fetched), (2, 2));
+        assert_eq!(cache.directories().len(), 2);
+
+        // With the CAS gone, only the worker's caches can serve the tree.
+        let _ = stop.send(());
+        let _ = server.await;
+        let second = dir.path().join("second");
+        fs::create_dir(&second).expect("mkdir");
+        let stats = populate(&second, root, &cas, &cache, &source, 4, InputFiles::Linked)
+            .await
+            .expect("second layout, from the caches alone");
+        assert_eq!((stats.files, stats.files_fetched), (2, 0));
+        assert_eq!(
+            fs::read_to_string(second.join("sub/a.h")).expect("read"),
+            "a\n"
+        );
+        // The executable input is a link to one executable copy, not a copy
+        // per action.
+        use std::os::unix::fs::MetadataExt;
+        let one = fs::metadata(first.join("b.h")).expect("stat");
+        let two = fs::metadata(second.join("b.h")).expect("stat");
+        assert_eq!(one.mode() & 0o7777, 0o555);
+        assert_eq!(one.ino(), two.ino());
+    }
+
+    /// Serves the one blob it holds.
+    struct OneBlob(Bytes);
+
+    #[async_trait]
+    impl BlobSource for OneBlob {
+        async fn fetch_to_file(&self, _: Digest, path: &Path) -> Result<(), Status> {
+            fs::write(path, &self.0).map_err(|e| Status::internal(e.to_string()))
+        }
+
+        async fn fetch_blob(&self, _: Digest) -> Result<Bytes, Status> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn inputs_share_the_cache_inode_only_when_linked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlobCache::open(&dir.path().join("cache"), 1 << 20).expect("cache");
+        let data = Bytes::from_static(b"original\n");
+        let digest = Digest::of(&data);
+        let source: Arc<dyn BlobSource> = Arc::new(OneBlob(data));
+        cache.pin(digest, &source).await.expect("pinned");
+        let cached = fs::metadata(cache.path(&digest)).expect("cached blob");
+        let entries = [
+            Entry::Dir(PathBuf::new()),
+            Entry::File {
+                path: PathBuf::from("input.txt"),
+                digest,
+                executable: false,
+            },
+        ];
+        for (files, shares_inode) in [(InputFiles::Linked, true), (InputFiles::Copied, false)] {
+            let root = dir.path().join(format!("{files:?}"));
+            fs::create_dir(&root).expect("root");
+            let count = materialize(&root, &entries, &cache, files).expect("laid out");
+            assert_eq!(count, 1);
+            let input = fs::metadata(root.join("input.txt")).expect("input");
+            assert_eq!(input.ino() == cached.ino(), shares_inode, "{files:?}");
+            assert_eq!(input.mode() & 0o777, 0o444, "{files:?}: read-only");
+            assert_eq!(
+                fs::read(root.join("input.txt")).expect("read"),
+                b"original\n"
+            );
+        }
+    }
 }
