@@ -190,7 +190,10 @@ impl BlobCache {
     pub fn executable_path(&self, digest: &Digest) -> Result<PathBuf> {
         let path = self.path(digest);
         let executable = executable_name(&path);
-        if self.state.lock().executable.contains(digest) {
+        // An eviction deletes the copy after it forgets it, outside the
+        // lock; a copy made again in between may be that deletion's victim,
+        // so a known copy is trusted only while its file is there.
+        if self.state.lock().executable.contains(digest) && executable.exists() {
             return Ok(executable);
         }
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
@@ -205,10 +208,26 @@ impl BlobCache {
                 e,
             ));
         }
-        let mut state = self.state.lock();
-        if state.contains(digest) && state.executable.insert(*digest) {
-            state.bytes += digest.size();
+        let counted = {
+            let mut state = self.state.lock();
+            if !state.contains(digest) {
+                false
+            } else {
+                if state.executable.insert(*digest) {
+                    state.bytes += digest.size();
+                }
+                true
+            }
+        };
+        if !counted {
+            // The blob went meanwhile (it was not pinned): so does its copy.
+            let _ = fs::remove_file(&executable);
+            return Err(VfsError::io(
+                format!("making an executable copy of blob {digest}"),
+                std::io::Error::other("the blob left the cache; pin it first"),
+            ));
         }
+        self.evict();
         Ok(executable)
     }
 
@@ -486,6 +505,12 @@ mod tests {
             "the blob itself stays 0444"
         );
         assert_eq!(cache.bytes(), 200, "the copy counts against the bound");
+        // A copy whose file went (an eviction racing a new pin deletes it
+        // late) is made again, and not counted twice.
+        fs::remove_file(&first).expect("remove the copy");
+        let again = cache.executable_path(&tool).expect("made again");
+        assert_eq!(fs::read(&again).expect("read"), vec![7; 100]);
+        assert_eq!(cache.bytes(), 200);
 
         // Over budget once unpinned: the blob and its copy go together.
         cache.unpin(&tool);

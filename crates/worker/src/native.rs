@@ -127,9 +127,11 @@ pub async fn populate(
         None => {
             let cache = cache.clone();
             let dir = dir.to_path_buf();
+            // A panicked task is an error like any other: the pins below
+            // must be released whatever happened.
             tokio::task::spawn_blocking(move || materialize(&dir, &entries, &cache, files))
                 .await
-                .map_err(|e| Status::internal(format!("laying out inputs: {e}")))?
+                .unwrap_or_else(|e| Err(Status::internal(format!("laying out inputs: {e}"))))
         }
     };
     // Links keep their inodes alive, so the cache may evict from now on.
