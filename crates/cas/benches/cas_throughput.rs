@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use lazybarn_cas::server::{self, Storage};
+use lazybarn_cas::server::{Loopback, Storage};
 use lazybarn_cas::service::DEFAULT_MAX_BATCH_BYTES;
 use lazybarn_cas::{BlobStore, CasClient, Digest, DiskStore};
 
@@ -99,22 +99,16 @@ fn sync() {
     let _ = std::process::Command::new("sync").status();
 }
 
-async fn start_server(dir: &Path) -> (CasClient, Storage) {
+async fn start_server(dir: &Path) -> (CasClient, Storage, Loopback) {
     let storage =
         Storage::open(dir, 64 << 30, DEFAULT_MAX_BATCH_BYTES).expect("open bench storage");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let server = Loopback::serve(storage.routes())
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        storage.routes(),
-        std::future::pending(),
-    ));
-    let client = CasClient::connect(&format!("grpc://{addr}"), "")
+        .expect("serve on loopback");
+    let client = CasClient::connect(&server.url(), "")
         .await
         .expect("connect");
-    (client, storage)
+    (client, storage, server)
 }
 
 struct SizeResult {
@@ -136,7 +130,7 @@ async fn bench_size(base: &Path, total: u64, blob_size: usize, runs: u64) -> Siz
     let mut direct = vec![];
     for run in 0..runs {
         let dir = fresh_dir(base, &format!("store-{run}"));
-        let (client, _storage) = start_server(&dir).await;
+        let (client, _storage, _server) = start_server(&dir).await;
         sync();
         let start = Instant::now();
         client.upload(blobs.clone()).await.expect("upload");
@@ -187,7 +181,7 @@ async fn put_directly(dir: &Path, blobs: &[(Digest, Bytes)]) -> Duration {
 
 async fn bench_find_missing(base: &Path, runs: usize) -> (Duration, Duration) {
     let dir = fresh_dir(base, "store-find");
-    let (client, _storage) = start_server(&dir).await;
+    let (client, _storage, _server) = start_server(&dir).await;
     let present = make_blobs(5_000, 64, 1);
     client.upload(present.clone()).await.expect("upload");
     let absent = make_blobs(5_000, 64, 2);

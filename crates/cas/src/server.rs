@@ -148,6 +148,52 @@ pub async fn serve(
         .await
 }
 
+/// Routes served on a free loopback port until dropped: a real gRPC server
+/// in-process, for tests, benchmarks and tools.
+pub struct Loopback {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Loopback {
+    /// Binds 127.0.0.1 on a free port and serves `routes` there.
+    pub async fn serve(routes: Routes) -> std::io::Result<Loopback> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = serve(listener, routes, stopped).await {
+                tracing::error!(error = %e, "serving on loopback");
+            }
+        });
+        Ok(Loopback {
+            addr,
+            stop: Some(stop),
+        })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `grpc://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM: how the binaries stop cleanly.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -6,9 +6,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use lazybarn_cas::CasError;
-use lazybarn_cas::server::Storage;
 /// Serves routes with the storage server's HTTP/2 settings and TCP_NODELAY.
 pub use lazybarn_cas::server::serve;
+use lazybarn_cas::server::{Loopback, Storage};
 use lazybarn_proto::longrunning::operations_server::OperationsServer;
 use lazybarn_proto::reapi::execution_server::ExecutionServer;
 use lazybarn_proto::worker::scheduler_server::SchedulerServer;
@@ -195,7 +195,7 @@ pub struct InProcess {
     pub storage: Storage,
     /// The scheduler it serves.
     pub scheduler: Scheduler,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _serving: Loopback,
 }
 
 impl InProcess {
@@ -209,31 +209,18 @@ impl InProcess {
         storage.add_services(&mut routes, true);
         add_services(&scheduler, &mut routes);
         add_worker_service(&scheduler, &mut routes);
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = TcpListener::bind(loopback)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: loopback,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: loopback,
-            source,
-        })?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = serve(listener, routes.routes(), stopped).await {
-                tracing::error!(error = %e, "serving an in-process scheduler");
-            }
-        });
+        let serving =
+            Loopback::serve(routes.routes())
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    source,
+                })?;
         Ok(InProcess {
-            addr,
+            addr: serving.addr(),
             storage,
             scheduler,
-            stop: Some(stop),
+            _serving: serving,
         })
     }
 
@@ -242,13 +229,5 @@ impl InProcess {
         tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .expect("a socket address makes a valid URL")
             .connect_lazy()
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }

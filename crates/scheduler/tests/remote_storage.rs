@@ -6,11 +6,10 @@ mod common;
 
 use common::*;
 use lazybarn_cas::Digest;
-use lazybarn_cas::server::{self, Storage};
+use lazybarn_cas::server::{Loopback, Storage};
 use lazybarn_proto::rpc::{self, PreconditionFailure};
 use lazybarn_scheduler::config::StorageConfig;
 use prost::Message;
-use tokio::sync::oneshot;
 use tonic::Code;
 
 /// The other REAPI server: a Lazybarn storage in memory on a loopback port,
@@ -18,24 +17,19 @@ use tonic::Code;
 struct RemoteServer {
     url: String,
     storage: Storage,
-    _stop: oneshot::Sender<()>,
+    _serving: Loopback,
 }
 
 impl RemoteServer {
     async fn start() -> Self {
         let storage = Storage::in_memory(1 << 30, 4 << 20);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let serving = Loopback::serve(storage.routes())
             .await
-            .expect("bind");
-        let url = format!("grpc://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, storage.routes(), async {
-            let _ = stopped.await;
-        }));
+            .expect("serve on loopback");
         RemoteServer {
-            url,
+            url: serving.url(),
             storage,
-            _stop: stop,
+            _serving: serving,
         }
     }
 

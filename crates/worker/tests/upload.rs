@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use lazybarn_cas::server::{self, Storage};
+use lazybarn_cas::server::{Loopback, Storage};
 use lazybarn_cas::{CasClient, Digest};
 use lazybarn_proto::reapi::{ActionResult, Command};
 use lazybarn_worker::{outputs, upload};
@@ -10,16 +10,10 @@ use lazybarn_worker::{outputs, upload};
 #[tokio::test]
 async fn uploads_only_what_the_cas_lacks_and_the_result_is_complete() {
     let storage = Storage::in_memory(1 << 30, 1 << 20);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let server = Loopback::serve(storage.routes())
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        storage.routes(),
-        std::future::pending(),
-    ));
-    let cas = CasClient::connect(&format!("grpc://{addr}"), "")
+        .expect("serve on loopback");
+    let cas = CasClient::connect(&server.url(), "")
         .await
         .expect("connect");
 

@@ -103,21 +103,18 @@ mod tests {
     use lazybarn_proto::reapi::OutputFile;
 
     use super::*;
-    use crate::server::{self, Storage};
+    use crate::server::{Loopback, Storage};
     use crate::service::DEFAULT_MAX_BATCH_BYTES;
 
     #[tokio::test]
     async fn round_trip_and_misses() {
         let storage = Storage::in_memory(1 << 20, DEFAULT_MAX_BATCH_BYTES);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let server = Loopback::serve(storage.routes())
             .await
-            .expect("bind a loopback port");
-        let url = format!("grpc://{}", listener.local_addr().expect("address"));
-        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, storage.routes(), async {
-            let _ = stopped.await;
-        }));
-        let cas = CasClient::connect(&url, "").await.expect("connect");
+            .expect("serve on loopback");
+        let cas = CasClient::connect(&server.url(), "")
+            .await
+            .expect("connect");
         let cache = RemoteActionCache::new(&cas);
 
         let action = Digest::of(b"an action");

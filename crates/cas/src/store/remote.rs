@@ -198,29 +198,24 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::server::{self, Storage};
+    use crate::server::{Loopback, Storage};
     use crate::service::DEFAULT_MAX_BATCH_BYTES;
     use crate::store::conformance;
 
-    /// A Lazybarn storage in memory on a loopback port; dropping the sender
-    /// stops it.
-    async fn loopback_storage() -> (String, tokio::sync::oneshot::Sender<()>) {
+    /// A Lazybarn storage in memory on a loopback port, stopped when dropped.
+    async fn loopback_storage() -> Loopback {
         let storage = Storage::in_memory(1 << 30, DEFAULT_MAX_BATCH_BYTES);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Loopback::serve(storage.routes())
             .await
-            .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("bound address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, storage.routes(), async {
-            let _ = stopped.await;
-        }));
-        (format!("grpc://{addr}"), stop)
+            .expect("serve on loopback")
     }
 
-    async fn remote_store() -> (RemoteStore, tokio::sync::oneshot::Sender<()>) {
-        let (url, stop) = loopback_storage().await;
-        let store = RemoteStore::connect(&url, "").await.expect("connect");
-        (store, stop)
+    async fn remote_store() -> (RemoteStore, Loopback) {
+        let server = loopback_storage().await;
+        let store = RemoteStore::connect(&server.url(), "")
+            .await
+            .expect("connect");
+        (store, server)
     }
 
     #[tokio::test]
