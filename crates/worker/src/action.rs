@@ -277,6 +277,7 @@ fn run_request(
         stderr_path: directory.stderr_path().display().to_string(),
         timeout: assignment.timeout,
         input_root_directory: directory.root().display().to_string(),
+        ..Default::default()
     }
 }
 
