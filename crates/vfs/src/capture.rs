@@ -4,7 +4,7 @@
 //! the action wrote is hashed once. Directories become REAPI Tree messages.
 //! Uploading is the worker's job.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -65,15 +65,31 @@ pub enum CapturedOutput {
     },
 }
 
-/// A subtree copied out of the node table, so hashing runs without the lock.
-enum Snap {
+/// A file or symlink copied out of the node table.
+enum Leaf {
     File {
         ino: Ino,
         input: Option<Digest>,
         executable: bool,
     },
-    Dir(BTreeMap<String, Snap>),
     Symlink(String),
+}
+
+/// One entry of a copied directory; a subdirectory is its index in the
+/// list of directories copied with it (always after its parent's).
+enum Entry {
+    Leaf(Leaf),
+    Dir(usize),
+}
+
+/// An output as copied out of the node table, so hashing runs without the
+/// lock. A directory is a flat list, never a nested value: the action
+/// chooses the depth, and neither building nor dropping this may recurse.
+enum Snap {
+    Leaf(Leaf),
+    /// Every directory of the subtree, the output directory first; each
+    /// maps names to entries.
+    Dir(Vec<BTreeMap<String, Entry>>),
     Other,
 }
 
@@ -189,113 +205,157 @@ impl VfsCore {
     ) -> Result<Option<CapturedOutput>> {
         let path = path.to_string();
         Ok(match snap {
-            Snap::File {
+            Snap::Leaf(Leaf::File {
                 ino,
                 input,
                 executable,
-            } => Some(CapturedOutput::File {
+            }) => Some(CapturedOutput::File {
                 path,
                 file: self.captured_file(ino, input, executable, hashed).await?,
             }),
-            Snap::Symlink(target) => Some(CapturedOutput::Symlink { path, target }),
-            Snap::Dir(entries) => {
-                let mut children = BTreeMap::new();
-                let mut files = BTreeMap::new();
-                let root =
-                    Box::pin(self.directory(entries, &mut children, &mut files, hashed)).await?;
-                Some(CapturedOutput::Directory {
-                    path,
-                    tree: Tree {
-                        root: Some(root.0),
-                        children: children.into_values().collect(),
-                    },
-                    files: files.into_values().collect(),
-                })
+            Snap::Leaf(Leaf::Symlink(target)) => Some(CapturedOutput::Symlink { path, target }),
+            Snap::Dir(dirs) => {
+                let (tree, files) = self.tree(dirs, hashed).await?;
+                Some(CapturedOutput::Directory { path, tree, files })
             }
             Snap::Other => None,
         })
     }
 
-    /// Builds the Directory message of `entries`, adding every directory
-    /// below it to `children` and every file to `files`.
-    async fn directory(
+    /// Builds the Tree of a copied directory bottom-up: directories are
+    /// visited last to first, so each one's subdirectories already have
+    /// their digests. Returns the Tree and every distinct file in it.
+    async fn tree(
         &self,
-        entries: BTreeMap<String, Snap>,
-        children: &mut BTreeMap<Digest, Directory>,
-        files: &mut BTreeMap<Digest, CapturedFile>,
+        dirs: Vec<BTreeMap<String, Entry>>,
         hashed: &mut HashMap<Ino, Digest>,
-    ) -> Result<(Directory, Digest)> {
-        let mut directory = Directory::default();
-        for (name, snap) in entries {
-            match snap {
-                Snap::File {
-                    ino,
-                    input,
-                    executable,
-                } => {
-                    let file = self.captured_file(ino, input, executable, hashed).await?;
-                    directory.files.push(FileNode {
+    ) -> Result<(Tree, Vec<CapturedFile>)> {
+        let mut digests: Vec<Option<Digest>> = vec![None; dirs.len()];
+        let mut children = BTreeMap::new();
+        let mut files = BTreeMap::new();
+        let mut root = None;
+        for (index, entries) in dirs.into_iter().enumerate().rev() {
+            let mut directory = Directory::default();
+            for (name, entry) in entries {
+                match entry {
+                    Entry::Leaf(Leaf::File {
+                        ino,
+                        input,
+                        executable,
+                    }) => {
+                        let file = self.captured_file(ino, input, executable, hashed).await?;
+                        directory.files.push(FileNode {
+                            name,
+                            digest: Some(file.digest.to_proto()),
+                            is_executable: executable,
+                            node_properties: None,
+                        });
+                        files.entry(file.digest).or_insert(file);
+                    }
+                    Entry::Leaf(Leaf::Symlink(target)) => directory.symlinks.push(SymlinkNode {
                         name,
-                        digest: Some(file.digest.to_proto()),
-                        is_executable: executable,
+                        target,
                         node_properties: None,
-                    });
-                    files.entry(file.digest).or_insert(file);
+                    }),
+                    Entry::Dir(child) => {
+                        let digest = digests
+                            .get(child)
+                            .copied()
+                            .flatten()
+                            .expect("a subdirectory comes after its parent in the copy");
+                        directory.directories.push(DirectoryNode {
+                            name,
+                            digest: Some(digest.to_proto()),
+                        });
+                    }
                 }
-                Snap::Dir(sub) => {
-                    let (message, digest) =
-                        Box::pin(self.directory(sub, children, files, hashed)).await?;
-                    children.entry(digest).or_insert(message);
-                    directory.directories.push(DirectoryNode {
-                        name,
-                        digest: Some(digest.to_proto()),
-                    });
-                }
-                Snap::Symlink(target) => directory.symlinks.push(SymlinkNode {
-                    name,
-                    target,
-                    node_properties: None,
-                }),
-                Snap::Other => {}
+            }
+            let digest = Digest::of(&directory.encode_to_vec());
+            digests[index] = Some(digest);
+            if index == 0 {
+                root = Some(directory);
+            } else {
+                children.entry(digest).or_insert(directory);
             }
         }
-        let digest = Digest::of(&directory.encode_to_vec());
-        Ok((directory, digest))
+        let tree = Tree {
+            root,
+            children: children.into_values().collect(),
+        };
+        Ok((tree, files.into_values().collect()))
     }
 }
 
+/// Copies node `ino` out of the table; a directory with everything below it.
 fn snapshot(table: &NodeTable, ino: Ino) -> Snap {
-    let Ok(node) = table.get(ino) else {
-        return Snap::Other;
-    };
+    match table.get(ino).map(|node| &node.kind) {
+        Ok(NodeKind::Dir { .. }) if table.children(ino).is_ok() => {
+            Snap::Dir(snapshot_dirs(table, ino))
+        }
+        _ => leaf(table, ino).map_or(Snap::Other, Snap::Leaf),
+    }
+}
+
+/// Every directory below `top` (included), breadth first, without
+/// recursion: directory `i` of the result is `found[i]`, and a directory is
+/// found while its parent is copied, so it always comes later. Directories
+/// not loaded, specials and nodes already seen are left out.
+fn snapshot_dirs(table: &NodeTable, top: Ino) -> Vec<BTreeMap<String, Entry>> {
+    let mut found = vec![top];
+    let mut seen = HashSet::from([top]);
+    let mut dirs = Vec::new();
+    while let Some(&dir) = found.get(dirs.len()) {
+        let named: BTreeMap<String, Ino> = match table.children(dir) {
+            Ok(children) => children
+                .iter()
+                .map(|(name, &child)| (name.to_string_lossy().into_owned(), child))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        let mut entries = BTreeMap::new();
+        for (name, child) in named {
+            let is_dir = matches!(
+                table.get(child).map(|node| &node.kind),
+                Ok(NodeKind::Dir { .. })
+            );
+            let entry = if is_dir {
+                if table.children(child).is_err() || !seen.insert(child) {
+                    continue;
+                }
+                found.push(child);
+                Entry::Dir(found.len() - 1)
+            } else {
+                match leaf(table, child) {
+                    Some(leaf) => Entry::Leaf(leaf),
+                    None => continue,
+                }
+            };
+            entries.insert(name, entry);
+        }
+        dirs.push(entries);
+    }
+    dirs
+}
+
+/// A file or symlink node as capture sees it; None for anything else.
+fn leaf(table: &NodeTable, ino: Ino) -> Option<Leaf> {
+    let node = table.get(ino).ok()?;
     let executable = node.meta.perm & 0o100 != 0;
     match &node.kind {
-        NodeKind::InputFile { digest } => Snap::File {
+        NodeKind::InputFile { digest } => Some(Leaf::File {
             ino,
             input: Some(*digest),
             executable,
-        },
-        NodeKind::ScratchFile => Snap::File {
+        }),
+        NodeKind::ScratchFile => Some(Leaf::File {
             ino,
             input: None,
             executable,
-        },
-        NodeKind::Symlink { target } => Snap::Symlink(target.to_string_lossy().into_owned()),
-        NodeKind::Dir { .. } => match table.children(ino) {
-            Ok(children) => Snap::Dir(
-                children
-                    .iter()
-                    .map(|(name, &child)| {
-                        (name.to_string_lossy().into_owned(), snapshot(table, child))
-                    })
-                    .collect(),
-            ),
-            Err(_) => Snap::Other,
-        },
-        NodeKind::Special { .. } => Snap::Other,
+        }),
+        NodeKind::Symlink { target } => Some(Leaf::Symlink(target.to_string_lossy().into_owned())),
+        _ => None,
     }
 }
-
 /// The components of a relative output path; "." and empty ones are skipped.
 fn split(path: &str) -> Result<Vec<String>> {
     if path.starts_with('/') {
