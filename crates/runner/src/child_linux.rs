@@ -60,6 +60,18 @@ pub enum SetupStep {
     Exec = 9,
     /// Init writing the uid and gid maps of its user namespace.
     IdMaps = 10,
+    /// Init making every mount of its new mount namespace a slave.
+    MountPropagation = 11,
+    /// Init mounting a fresh proc for the new PID namespace.
+    MountProc = 12,
+    /// Init bind-mounting the temporary directory on /tmp.
+    MountTemporaryDirectory = 13,
+    /// Init bringing up loopback in the new network namespace.
+    Loopback = 14,
+    /// Setting the command's resource limits.
+    Limits = 15,
+    /// Setting `no_new_privs`.
+    NoNewPrivs = 16,
 }
 
 impl SetupStep {
@@ -77,6 +89,12 @@ impl SetupStep {
             Setsid,
             Exec,
             IdMaps,
+            MountPropagation,
+            MountProc,
+            MountTemporaryDirectory,
+            Loopback,
+            Limits,
+            NoNewPrivs,
         ]
         .into_iter()
         .find(|step| *step as u32 == raw)
@@ -95,6 +113,18 @@ impl SetupStep {
             SetupStep::Setsid => "setsid",
             SetupStep::Exec => "execve",
             SetupStep::IdMaps => "writing /proc/self/uid_map and gid_map",
+            SetupStep::MountPropagation => {
+                "making the command's mounts slaves of the host's (mount --make-rslave /)"
+            }
+            SetupStep::MountProc => {
+                "mounting a fresh /proc for the command's PID namespace (hosts that hide parts \
+                 of /proc, as many containers do, refuse it to a runner that is not root; set \
+                 mount_and_network_namespaces = false there)"
+            }
+            SetupStep::MountTemporaryDirectory => "bind-mounting temporary_directory on /tmp",
+            SetupStep::Loopback => "bringing up loopback in the command's network namespace",
+            SetupStep::Limits => "setting the resource limits (prlimit64)",
+            SetupStep::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
         }
     }
 }
@@ -130,6 +160,25 @@ pub(crate) struct ChildPlan {
     /// With a user namespace of its own: what init writes to its uid_map
     /// and gid_map. `None`: the tree stays in the runner's user namespace.
     pub id_maps: Option<IdMaps>,
+    /// The mount and network namespaces; `None`: the tree shares the
+    /// runner's.
+    pub sandbox: Option<SandboxPlan>,
+    /// The command's resource limits, as (`RLIMIT_*`, soft and hard value).
+    pub limits: [(u32, u64); 4],
+}
+
+/// What init sets up in the command's new mount and network namespaces.
+#[derive(Clone, Copy)]
+pub(crate) struct SandboxPlan {
+    /// The directory to mount a fresh proc on, or null for none.
+    pub proc_target: *const c_char,
+    /// The directory to bind-mount on `temporary_target`, or null for none.
+    pub temporary_source: *const c_char,
+    /// Where the temporary directory goes.
+    pub temporary_target: *const c_char,
+    /// Whether the tree gets a network namespace of its own (and init
+    /// brings up its loopback interface).
+    pub private_network: bool,
 }
 
 /// The one-line uid and gid maps of a command's own user namespace, each
@@ -182,6 +231,12 @@ pub(crate) unsafe fn clone_process_tree(plan: &ChildPlan) -> SpawnReply {
         // A new user namespace first, which then owns the new PID namespace:
         // no privilege is needed for either.
         flags |= libc::CLONE_NEWUSER as u64;
+    }
+    if let Some(sandbox) = plan.sandbox {
+        flags |= libc::CLONE_NEWNS as u64;
+        if sandbox.private_network {
+            flags |= libc::CLONE_NEWNET as u64;
+        }
     }
     // SAFETY: see the module documentation; the child only runs `init_main`.
     let pid = unsafe { raw_clone(flags, &mut pidfd) };
@@ -274,6 +329,9 @@ unsafe fn init_main(plan: &ChildPlan) -> ! {
         if let Some(maps) = plan.id_maps {
             check(write_id_maps(maps), plan.errors, SetupStep::IdMaps);
         }
+        if let Some(sandbox) = plan.sandbox {
+            set_up_sandbox(sandbox, plan.errors);
+        }
         // Out of the runner's session and process group, so that a signal
         // to the runner's terminal does not reach the command.
         libc::syscall(libc::SYS_setsid);
@@ -330,6 +388,143 @@ unsafe fn write_id_maps(maps: IdMaps) -> c_long {
         }
     }
     0
+}
+
+/// Sets up init's new mount (and network) namespace; reports and exits on
+/// failure. Init is root in these namespaces, and the command, its child,
+/// shares them.
+///
+/// The namespace starts as a copy of the runner's mounts. Making them all
+/// slaves first means the host's later mounts and unmounts still reach it,
+/// but nothing mounted here (the fresh /proc, the temporary directory)
+/// reaches the host or another command. The copy includes the FUSE mounts
+/// of other actions running at this moment; this command cannot use them
+/// (the worker's directory permissions keep it out), and they cannot keep
+/// an unmounted action alive: the worker aborts a FUSE connection before it
+/// unmounts it, so a copy left here only answers ENOTCONN until the
+/// namespace goes away with this command's last process.
+unsafe fn set_up_sandbox(sandbox: SandboxPlan, errors: c_int) {
+    unsafe {
+        check(
+            libc::syscall(
+                libc::SYS_mount,
+                ptr::null::<c_char>(),
+                c"/".as_ptr(),
+                ptr::null::<c_char>(),
+                libc::MS_REC | libc::MS_SLAVE,
+                ptr::null::<u8>(),
+            ),
+            errors,
+            SetupStep::MountPropagation,
+        );
+        if !sandbox.proc_target.is_null() {
+            // A proc mounted by a process of the new PID namespace shows
+            // that namespace's processes only.
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            let proc = c"proc".as_ptr();
+            check(
+                mount_on(sandbox.proc_target, proc, proc, flags),
+                errors,
+                SetupStep::MountProc,
+            );
+        }
+        if !sandbox.temporary_source.is_null() {
+            check(
+                mount_on(
+                    sandbox.temporary_target,
+                    sandbox.temporary_source,
+                    ptr::null(),
+                    libc::MS_BIND,
+                ),
+                errors,
+                SetupStep::MountTemporaryDirectory,
+            );
+        }
+        // mount_on left init in a mount target; the command chdirs anyway.
+        libc::syscall(libc::SYS_chdir, c"/".as_ptr());
+        if sandbox.private_network {
+            check(bring_up_loopback(), errors, SetupStep::Loopback);
+        }
+    }
+}
+
+/// Mounts `source` on the directory `target` without following a symlink
+/// in its last component (with chroot, that directory is in the input root,
+/// which the client built). Leaves init's working directory there.
+unsafe fn mount_on(
+    target: *const c_char,
+    source: *const c_char,
+    fstype: *const c_char,
+    flags: libc::c_ulong,
+) -> c_long {
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            target,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return fd;
+        }
+        let mut result = libc::syscall(libc::SYS_fchdir, fd);
+        if result == 0 {
+            result = libc::syscall(
+                libc::SYS_mount,
+                source,
+                c".".as_ptr(),
+                fstype,
+                flags,
+                ptr::null::<u8>(),
+            );
+        }
+        // Keep the mount's errno: close succeeds on this descriptor.
+        libc::syscall(libc::SYS_close, fd);
+        result
+    }
+}
+
+/// `struct ifreq` with the `ifr_flags` member of its union, as
+/// `SIOCGIFFLAGS` and `SIOCSIFFLAGS` use it.
+#[repr(C)]
+struct InterfaceFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _rest_of_union: [u8; 22],
+}
+
+const _: () = assert!(std::mem::size_of::<InterfaceFlags>() == 40);
+
+/// Sets `IFF_UP` on `lo`, the only interface of a new network namespace,
+/// which starts down: without it even 127.0.0.1 is unreachable.
+unsafe fn bring_up_loopback() -> c_long {
+    let mut name = [0u8; libc::IFNAMSIZ];
+    name[0] = b'l';
+    name[1] = b'o';
+    let mut request = InterfaceFlags {
+        name,
+        flags: 0,
+        _rest_of_union: [0; 22],
+    };
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_socket,
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return fd;
+        }
+        let request_ptr: *mut InterfaceFlags = &mut request;
+        let mut result = libc::syscall(libc::SYS_ioctl, fd, libc::SIOCGIFFLAGS, request_ptr);
+        if result >= 0 {
+            (*request_ptr).flags |= libc::IFF_UP as libc::c_short;
+            result = libc::syscall(libc::SYS_ioctl, fd, libc::SIOCSIFFLAGS, request_ptr);
+        }
+        libc::syscall(libc::SYS_close, fd);
+        result
+    }
 }
 
 /// Writes `len` bytes at `text` to the existing file at `path` in one call.
@@ -399,6 +594,25 @@ unsafe fn command_main(plan: &ChildPlan) -> ! {
             ERROR_FD,
             SetupStep::Chdir,
         );
+        // While still privileged, so that hard limits above the runner's
+        // soft ones can be set (the runner lowered them to what it may).
+        for (resource, value) in plan.limits {
+            let limit = libc::rlimit64 {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            check(
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    resource,
+                    &limit as *const libc::rlimit64,
+                    ptr::null_mut::<libc::rlimit64>(),
+                ),
+                ERROR_FD,
+                SetupStep::Limits,
+            );
+        }
         // In a user namespace of its own, init gave up setgroups, and the
         // runner's user had no supplementary groups to give the command.
         if plan.id_maps.is_none() {
@@ -417,6 +631,13 @@ unsafe fn command_main(plan: &ChildPlan) -> ! {
             libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid),
             ERROR_FD,
             SetupStep::Setuid,
+        );
+        // From here on no execve can gain privileges: setuid and setgid
+        // bits and file capabilities are ignored.
+        check(
+            libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            ERROR_FD,
+            SetupStep::NoNewPrivs,
         );
         check(libc::syscall(libc::SYS_setsid), ERROR_FD, SetupStep::Setsid);
         // Default dispositions (the Rust runtime ignores SIGPIPE, and

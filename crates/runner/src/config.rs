@@ -7,6 +7,13 @@
 //! user = "nobody"
 //! group = "nogroup"
 //! chroot_into_input_root = false
+//! mount_and_network_namespaces = true
+//! slot_ids = { first = 60000, count = 1024 }
+//!
+//! [limits]
+//! max_processes = 4096
+//! max_open_files = 16384
+//! max_file_size_bytes = 68719476736
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -47,10 +54,155 @@ pub struct RunnerConfig {
     /// libraries). Default: false.
     #[serde(default)]
     pub chroot_into_input_root: bool,
+
+    /// Whether each command gets a mount namespace and a network namespace
+    /// of its own: a fresh /proc that shows only its own processes, the
+    /// request's `temporary_directory` on /tmp, and a network with nothing
+    /// but loopback unless the request sets `host_network`. Default and
+    /// recommended: true. Turn it off only on hosts that refuse these
+    /// namespaces (some containers do); commands then see the host's /proc
+    /// and network, and a request with a `temporary_directory` is refused.
+    /// The PID namespace, `no_new_privs` and the limits apply either way.
+    #[serde(default = "default_true")]
+    pub mount_and_network_namespaces: bool,
+
+    /// The uids and gids a worker may ask commands to run as (a request's
+    /// `uid` and `gid`), besides `user` and `group`: one per worker slot, so
+    /// that commands running at the same time cannot touch each other's
+    /// files or processes. Pick ids that no account or other service uses:
+    /// a command may signal, trace and write to whatever runs or is owned by
+    /// its uid. Default and recommended: `{ first = 60000, count = 1024 }`,
+    /// which lies below systemd's dynamic users (61184 and up) and the usual
+    /// subordinate ids of /etc/subuid (100000 and up). The range may not
+    /// contain 0. A runner that is not root ignores it and accepts only its
+    /// own uid and gid.
+    #[serde(default)]
+    pub slot_ids: IdRange,
+
+    /// Resource limits every command runs under.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_user() -> String {
     "nobody".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A range of numeric ids: `first`, `first + 1`, ... `first + count - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdRange {
+    /// The lowest id of the range.
+    pub first: u32,
+    /// How many ids the range holds; 0 is an empty range.
+    pub count: u32,
+}
+
+impl Default for IdRange {
+    fn default() -> IdRange {
+        IdRange {
+            first: 60000,
+            count: 1024,
+        }
+    }
+}
+
+impl IdRange {
+    /// A range that holds no id.
+    pub const EMPTY: IdRange = IdRange { first: 0, count: 0 };
+
+    /// Whether `id` lies in the range.
+    pub fn contains(&self, id: u32) -> bool {
+        id >= self.first && id - self.first < self.count
+    }
+
+    /// Checks that the range fits in 32 bits and does not hold 0.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        if self.first == 0 {
+            return Err(ServeError::Config(
+                "slot_ids may not contain 0: commands never run as root through a request"
+                    .to_string(),
+            ));
+        }
+        if self.first.checked_add(self.count - 1).is_none() {
+            return Err(ServeError::Config(format!(
+                "slot_ids {{ first = {}, count = {} }} goes past the largest uid",
+                self.first, self.count
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.count {
+            0 => write!(f, "none"),
+            count => write!(f, "{}..={}", self.first, self.first + (count - 1)),
+        }
+    }
+}
+
+/// The resource limits of every command (`setrlimit(2)`), each set as both
+/// the soft and the hard limit so that the command cannot raise it. Core
+/// dumps are always off (`RLIMIT_CORE` 0): a dump of a build tool is of no
+/// use to a remote client and can fill the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// `RLIMIT_NPROC`: how many processes *and threads* the command's uid
+    /// may have at once, counted across everything that runs as that uid
+    /// (so across all commands when they share one uid, and per slot with
+    /// `slot_ids`). Stops a fork bomb. Default: 4096, room for a parallel
+    /// make whose compilers and JVMs run a few hundred threads.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: u64,
+
+    /// `RLIMIT_NOFILE`: how many files one process of the command may have
+    /// open. Default: 16384, well above what linkers and JVMs open. A runner
+    /// that is not root cannot go above its own hard limit, and root not
+    /// above `/proc/sys/fs/nr_open`: the value is lowered to fit, with a
+    /// warning.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u64,
+
+    /// `RLIMIT_FSIZE`: the largest file the command may write, in bytes; a
+    /// write past it fails with `EFBIG` and the writer gets `SIGXFSZ`.
+    /// Default: 64 GiB. Legitimate build outputs (images, archives, debug
+    /// info) stay far below it, while a runaway writer is stopped before one
+    /// file takes a whole disk of typical worker size. Lower it on small
+    /// disks.
+    #[serde(default = "default_max_file_size_bytes")]
+    pub max_file_size_bytes: u64,
+}
+
+fn default_max_processes() -> u64 {
+    4096
+}
+
+fn default_max_open_files() -> u64 {
+    16384
+}
+
+fn default_max_file_size_bytes() -> u64 {
+    64 << 30
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_processes: default_max_processes(),
+            max_open_files: default_max_open_files(),
+            max_file_size_bytes: default_max_file_size_bytes(),
+        }
+    }
 }
 
 impl RunnerConfig {
@@ -62,6 +214,9 @@ impl RunnerConfig {
             user: default_user(),
             group: None,
             chroot_into_input_root: false,
+            mount_and_network_namespaces: true,
+            slot_ids: IdRange::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -183,5 +338,57 @@ mod tests {
         assert!(config.credentials().is_err());
         config.socket_group = Some("no-such-group-lazybarn".to_string());
         assert!(config.socket_gid().is_err());
+    }
+
+    #[test]
+    fn sandbox_settings_parse_and_default() {
+        let config = RunnerConfig::from_toml(
+            "socket_path = \"/s\"\nmount_and_network_namespaces = false\n\
+             slot_ids = { first = 70000, count = 8 }\n[limits]\nmax_processes = 100\n",
+        )
+        .expect("parses");
+        assert!(!config.mount_and_network_namespaces);
+        assert_eq!(
+            config.slot_ids,
+            IdRange {
+                first: 70000,
+                count: 8
+            }
+        );
+        assert_eq!(config.limits.max_processes, 100);
+        assert_eq!(config.limits.max_open_files, 16384);
+        assert_eq!(config.limits.max_file_size_bytes, 64 << 30);
+        assert!(
+            RunnerConfig::from_toml("socket_path = \"/s\"\n[limits]\nmax_procs = 1\n").is_err()
+        );
+    }
+
+    #[test]
+    fn id_ranges() {
+        let range = IdRange {
+            first: 10,
+            count: 3,
+        };
+        assert!(!range.contains(9) && range.contains(10) && range.contains(12));
+        assert!(!range.contains(13));
+        assert_eq!(range.to_string(), "10..=12");
+        assert!(!IdRange::EMPTY.contains(0));
+        assert!(IdRange { first: 0, count: 5 }.validate().is_err());
+        assert!(
+            IdRange {
+                first: u32::MAX,
+                count: 2
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            IdRange {
+                first: u32::MAX,
+                count: 1
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -36,6 +36,26 @@ pub enum RunError {
         reason: String,
     },
 
+    /// The request's `temporary_directory` cannot be used.
+    #[error("temporary directory {path:?} is not usable: {reason}")]
+    TemporaryDirectory {
+        /// The directory as the request named it.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The request asks for a uid or gid this runner does not allow.
+    #[error("{kind} {id} is not allowed: this runner runs commands as {allowed}")]
+    IdNotAllowed {
+        /// "uid" or "gid".
+        kind: &'static str,
+        /// The id the request asked for.
+        id: u32,
+        /// What the runner allows, for the message.
+        allowed: String,
+    },
+
     /// The file for standard output or standard error cannot be created.
     #[error("cannot create output file {path:?}: {source}")]
     OutputFile {
@@ -104,9 +124,12 @@ impl RunError {
             RunError::InvalidArgument(_) => Code::InvalidArgument,
             RunError::WorkingDirectory { .. }
             | RunError::InputRoot { .. }
+            | RunError::TemporaryDirectory { .. }
             | RunError::OutputFile { .. } => Code::FailedPrecondition,
             RunError::ProgramNotFound { .. } => Code::NotFound,
-            RunError::ProgramNotExecutable { .. } => Code::PermissionDenied,
+            RunError::ProgramNotExecutable { .. } | RunError::IdNotAllowed { .. } => {
+                Code::PermissionDenied
+            }
             RunError::Exec { source, .. } => exec_error_code(source),
             RunError::Setup { .. } => Code::Internal,
             RunError::Process { source, .. } => match source.raw_os_error() {

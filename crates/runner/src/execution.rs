@@ -118,6 +118,16 @@ fn setup_error(spec: &CommandSpec, step: SetupStep, errno: i32) -> RunError {
                 .into(),
             reason: source.to_string(),
         },
+        SetupStep::MountTemporaryDirectory => RunError::TemporaryDirectory {
+            path: spec
+                .sandbox
+                .as_ref()
+                .and_then(|sandbox| sandbox.temporary_directory.as_ref())
+                .map(|(source, _)| String::from_utf8_lossy(source.to_bytes()).into_owned())
+                .unwrap_or_default()
+                .into(),
+            reason: format!("cannot bind-mount it on /tmp: {source}"),
+        },
         SetupStep::Fork => RunError::Process {
             action: "create the command's process",
             source,

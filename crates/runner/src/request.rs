@@ -1,6 +1,10 @@
 //! Checking a `RunRequest` and turning it into a [`CommandSpec`]: everything
 //! the child process needs, already converted to C strings, so that the
 //! child does nothing but system calls.
+//!
+//! This is also where the request's sandbox inputs meet the runner's
+//! policy: which uid and gid it may run as ([`command_credentials`]), and
+//! where its /proc and /tmp are mounted ([`SandboxSpec`]).
 
 use std::ffi::CString;
 use std::path::{Component, Path, PathBuf};
@@ -8,7 +12,7 @@ use std::time::Duration;
 
 use lazybarn_proto::runner::RunRequest;
 
-use crate::config::Credentials;
+use crate::config::{Credentials, IdRange, Limits};
 use crate::error::RunError;
 use crate::program::{CommandView, resolve_program};
 
@@ -24,6 +28,29 @@ pub struct CommandPolicy {
     /// give every command a PID namespace. `credentials` are then the
     /// runner's own.
     pub own_user_namespace: bool,
+    /// The ids a request may ask for besides `credentials`; empty for a
+    /// runner that is not root.
+    pub slot_ids: IdRange,
+    /// Whether commands get mount and network namespaces of their own.
+    pub mount_and_network_namespaces: bool,
+    /// The resource limits of every command, already lowered to what this
+    /// runner may set.
+    pub limits: Limits,
+}
+
+/// The mount and network half of a command's sandbox: what init sets up in
+/// the command's new namespaces before it starts the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// Where a fresh proc is mounted: `/proc`, or with chroot the input
+    /// root's `proc` directory. `None`: a chroot without one, where the
+    /// command then has no /proc at all.
+    pub proc_target: Option<CString>,
+    /// The request's `temporary_directory` and where it is bind-mounted
+    /// (`/tmp`, or the input root's `tmp` with chroot).
+    pub temporary_directory: Option<(CString, CString)>,
+    /// Whether the command gets a network namespace with only loopback.
+    pub private_network: bool,
 }
 
 /// A validated command, ready to be started.
@@ -52,6 +79,11 @@ pub struct CommandSpec {
     /// Whether the command's process tree gets a user namespace of its own
     /// (see [`CommandPolicy::own_user_namespace`]).
     pub own_user_namespace: bool,
+    /// Its mount and network namespaces; `None` when the runner is
+    /// configured without them.
+    pub sandbox: Option<SandboxSpec>,
+    /// Its resource limits.
+    pub limits: Limits,
 }
 
 fn invalid(message: impl Into<String>) -> RunError {
@@ -158,6 +190,110 @@ fn input_root(
     Ok(Some(root))
 }
 
+/// The uid and gid `request` runs as: the configured ones unless it asks
+/// for others, which must then be the configured ones again or lie in the
+/// policy's `slot_ids`. Never 0, unless root is the configured user.
+pub fn command_credentials(
+    request: &RunRequest,
+    policy: CommandPolicy,
+) -> Result<Credentials, RunError> {
+    let check = |kind: &'static str, asked: Option<u32>, configured: u32| match asked {
+        None => Ok(configured),
+        Some(id) if id == configured => Ok(id),
+        Some(id) if id != 0 && policy.slot_ids.contains(id) => Ok(id),
+        Some(id) => Err(RunError::IdNotAllowed {
+            kind,
+            id,
+            allowed: match policy.slot_ids.count {
+                0 => format!("only {kind} {configured}, its own"),
+                _ => format!(
+                    "{kind} {configured} (its configured {}) or slot_ids {}",
+                    if kind == "uid" { "user" } else { "group" },
+                    policy.slot_ids
+                ),
+            },
+        }),
+    };
+    Ok(Credentials {
+        uid: check("uid", request.uid, policy.credentials.uid)?,
+        gid: check("gid", request.gid, policy.credentials.gid)?,
+    })
+}
+
+/// Whether `path` is a directory itself, not a symlink to one: a mount
+/// target inside an input root, which the client controls.
+fn is_real_directory(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+}
+
+fn path_c_string(what: &str, path: &Path) -> Result<CString, RunError> {
+    c_string(what, path.as_os_str().as_encoded_bytes())
+}
+
+/// Where the command's fresh /proc and its temporary directory go, checked.
+/// With a chroot they go inside the input root, and only onto directories
+/// that are there already: the runner never creates anything in a root the
+/// client built, and a missing `proc` there just means no /proc.
+fn sandbox(
+    request: &RunRequest,
+    chroot: Option<&Path>,
+    policy: CommandPolicy,
+) -> Result<Option<SandboxSpec>, RunError> {
+    let temporary_directory = match request.temporary_directory.as_str() {
+        "" => None,
+        value => {
+            let path = absolute_path("temporary_directory", value)?;
+            check_directory(&path).map_err(|reason| RunError::TemporaryDirectory {
+                path: path.clone(),
+                reason,
+            })?;
+            Some(path)
+        }
+    };
+    if !policy.mount_and_network_namespaces {
+        return match temporary_directory {
+            Some(path) => Err(RunError::TemporaryDirectory {
+                path,
+                reason: "this runner gives commands no mount namespace \
+                         (mount_and_network_namespaces = false), so it cannot give them a \
+                         /tmp of their own"
+                    .to_string(),
+            }),
+            None => Ok(None),
+        };
+    }
+    let proc_target = match chroot {
+        None => Some(PathBuf::from("/proc")),
+        Some(root) => Some(root.join("proc")).filter(|path| is_real_directory(path)),
+    };
+    let temporary_directory = match temporary_directory {
+        None => None,
+        Some(source) => {
+            let target = match chroot {
+                None => PathBuf::from("/tmp"),
+                Some(root) => root.join("tmp"),
+            };
+            if chroot.is_some() && !is_real_directory(&target) {
+                return Err(RunError::TemporaryDirectory {
+                    path: source,
+                    reason: format!("the input root has no directory {target:?} to mount it on"),
+                });
+            }
+            Some((
+                path_c_string("temporary_directory", &source)?,
+                path_c_string("temporary directory target", &target)?,
+            ))
+        }
+    };
+    Ok(Some(SandboxSpec {
+        proc_target: proc_target
+            .map(|path| path_c_string("proc target", &path))
+            .transpose()?,
+        temporary_directory,
+        private_network: !request.host_network,
+    }))
+}
+
 impl CommandSpec {
     /// Validates `request` against the filesystem and `policy`. Touches the
     /// filesystem (which may be a FUSE mount), so call it off the async
@@ -196,12 +332,9 @@ impl CommandSpec {
             root: chroot,
             working_directory: &inner_working_directory,
         };
-        let program = resolve_program(
-            program_name,
-            path_variable(request),
-            view,
-            policy.credentials,
-        )?;
+        let credentials = command_credentials(request, policy)?;
+        let sandbox = sandbox(request, chroot, policy)?;
+        let program = resolve_program(program_name, path_variable(request), view, credentials)?;
 
         Ok(CommandSpec {
             program_name: program_name.clone(),
@@ -223,8 +356,10 @@ impl CommandSpec {
             stdout_path: output_path("stdout_path", &request.stdout_path)?,
             stderr_path: output_path("stderr_path", &request.stderr_path)?,
             timeout: timeout(request.timeout)?,
-            credentials: policy.credentials,
+            credentials,
             own_user_namespace: policy.own_user_namespace,
+            sandbox,
+            limits: policy.limits,
         })
     }
 }
@@ -241,6 +376,16 @@ mod tests {
         },
         chroot_into_input_root: false,
         own_user_namespace: false,
+        slot_ids: IdRange {
+            first: 60000,
+            count: 10,
+        },
+        mount_and_network_namespaces: true,
+        limits: Limits {
+            max_processes: 10,
+            max_open_files: 10,
+            max_file_size_bytes: 10,
+        },
     };
 
     fn request(arguments: &[&str]) -> RunRequest {
@@ -316,5 +461,104 @@ mod tests {
             Some(root.path().as_os_str().as_encoded_bytes())
         );
         assert_eq!(spec.timeout, None);
+        // No /proc in the root: none is mounted. A symlink is not one.
+        let sandbox = spec.sandbox.expect("namespaces on");
+        assert_eq!(sandbox.proc_target, None);
+        std::os::unix::fs::symlink("/proc", root.path().join("proc")).expect("symlink");
+        let spec = CommandSpec::from_request(&req, policy).expect("valid");
+        assert_eq!(spec.sandbox.expect("on").proc_target, None);
+        req.temporary_directory = "/tmp".to_string();
+        assert_eq!(
+            code(&req, policy),
+            tonic::Code::FailedPrecondition,
+            "no /tmp"
+        );
+        std::fs::remove_file(root.path().join("proc")).expect("rm");
+        std::fs::create_dir(root.path().join("proc")).expect("mkdir");
+        std::fs::create_dir(root.path().join("tmp")).expect("mkdir");
+        let sandbox = CommandSpec::from_request(&req, policy)
+            .expect("valid")
+            .sandbox
+            .expect("on");
+        let inside = |name: &str| path_c_string("", &root.path().join(name)).expect("C string");
+        assert_eq!(sandbox.proc_target, Some(inside("proc")));
+        assert_eq!(
+            sandbox.temporary_directory,
+            Some((c"/tmp".to_owned(), inside("tmp")))
+        );
+    }
+
+    fn with_ids(uid: Option<u32>, gid: Option<u32>) -> RunRequest {
+        RunRequest {
+            uid,
+            gid,
+            ..request(&["sh"])
+        }
+    }
+
+    #[test]
+    fn requested_ids_must_be_configured_or_in_the_slot_range() {
+        let ids = |uid, gid| command_credentials(&with_ids(uid, gid), POLICY);
+        assert_eq!(ids(None, None).expect("defaults"), POLICY.credentials);
+        assert_eq!(
+            ids(Some(60009), Some(65534)).expect("in range, configured"),
+            Credentials {
+                uid: 60009,
+                gid: 65534
+            }
+        );
+        for (uid, gid, named) in [
+            (Some(0), None, "uid 0"),
+            (None, Some(0), "gid 0"),
+            (Some(60010), None, "uid 60010"),
+            (Some(59999), None, "uid 59999"),
+        ] {
+            let err = ids(uid, gid).expect_err("refused");
+            assert_eq!(err.code(), tonic::Code::PermissionDenied);
+            let message = err.to_string();
+            assert!(message.contains(named), "{message}");
+            assert!(message.contains("60000..=60009"), "{message}");
+        }
+        let root = CommandPolicy {
+            credentials: Credentials { uid: 0, gid: 0 },
+            ..POLICY
+        };
+        assert!(command_credentials(&with_ids(Some(0), Some(0)), root).is_ok());
+        let own_only = CommandPolicy {
+            slot_ids: IdRange::EMPTY,
+            ..POLICY
+        };
+        let err = command_credentials(&with_ids(Some(60001), None), own_only).expect_err("own");
+        assert!(err.to_string().contains("only uid 65534"), "{err}");
+    }
+
+    #[test]
+    fn temporary_directory_is_checked() {
+        let mut req = request(&["sh"]);
+        req.temporary_directory = "tmp".to_string();
+        assert_eq!(code(&req, POLICY), tonic::Code::InvalidArgument);
+        req.temporary_directory = "/tmp/../etc".to_string();
+        assert_eq!(code(&req, POLICY), tonic::Code::InvalidArgument);
+        req.temporary_directory = "/nonexistent-lazybarn-tmp".to_string();
+        assert_eq!(code(&req, POLICY), tonic::Code::FailedPrecondition);
+        req.temporary_directory = "/tmp".to_string();
+        let spec = CommandSpec::from_request(&req, POLICY).expect("valid");
+        let sandbox = spec.sandbox.expect("namespaces on");
+        assert_eq!(
+            sandbox.temporary_directory,
+            Some((c"/tmp".to_owned(), c"/tmp".to_owned()))
+        );
+        assert_eq!(sandbox.proc_target, Some(c"/proc".to_owned()));
+        assert!(sandbox.private_network);
+        let off = CommandPolicy {
+            mount_and_network_namespaces: false,
+            ..POLICY
+        };
+        let err = CommandSpec::from_request(&req, off).expect_err("no mount namespace");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.to_string().contains("mount_and_network_namespaces"),
+            "{err}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use lazybarn_proto::runner::runner_server::RunnerServer;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::config::{Credentials, RunnerConfig};
+use crate::config::{Credentials, IdRange, Limits, RunnerConfig};
 use crate::error::ServeError;
 use crate::request::CommandPolicy;
 use crate::service::RunnerService;
@@ -35,6 +35,9 @@ impl RunnerDaemon {
             gid = policy.credentials.gid,
             chroot = policy.chroot_into_input_root,
             own_user_namespace = policy.own_user_namespace,
+            slot_ids = %policy.slot_ids,
+            mount_and_network_namespaces = policy.mount_and_network_namespaces,
+            limits = ?policy.limits,
             "runner listening"
         );
         Ok(RunnerDaemon {
@@ -72,16 +75,23 @@ impl RunnerDaemon {
 }
 
 /// The policy `config` asks for, if this process can carry it out. Root can
-/// run commands as any user; any other user only as itself, each command in
-/// a user namespace of its own, and without chroot.
+/// run commands as any user; any other user only as itself (so it accepts
+/// no `slot_ids`), each command in a user namespace of its own, and without
+/// chroot.
 fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError> {
     let credentials = config.credentials()?;
-    if nix::unistd::geteuid().is_root() {
-        return Ok(CommandPolicy {
-            credentials,
-            chroot_into_input_root: config.chroot_into_input_root,
-            own_user_namespace: false,
-        });
+    config.slot_ids.validate()?;
+    let root = nix::unistd::geteuid().is_root();
+    let policy = CommandPolicy {
+        credentials,
+        chroot_into_input_root: config.chroot_into_input_root,
+        own_user_namespace: false,
+        slot_ids: config.slot_ids,
+        mount_and_network_namespaces: config.mount_and_network_namespaces,
+        limits: limits_within_reach(config.limits, root),
+    };
+    if root {
+        return Ok(policy);
     }
     let own = Credentials {
         uid: nix::unistd::geteuid().as_raw(),
@@ -98,10 +108,64 @@ fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError> {
         return Err(ServeError::NoUserNamespaces);
     }
     Ok(CommandPolicy {
-        credentials,
         chroot_into_input_root: false,
         own_user_namespace: true,
+        slot_ids: IdRange::EMPTY,
+        ..policy
     })
+}
+
+/// `limits`, each lowered to what this runner may set: a runner that is not
+/// root cannot raise a hard limit above its own (a user namespace does not
+/// change that), and nobody can raise `RLIMIT_NOFILE` above `fs.nr_open`.
+fn limits_within_reach(limits: Limits, root: bool) -> Limits {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let lower = |name: &str, resource: libc::__rlimit_resource_t, value: u64| {
+        let own = if root { None } else { own_hard_limit(resource) };
+        let system = if resource == libc::RLIMIT_NOFILE {
+            nr_open
+        } else {
+            None
+        };
+        let ceiling = match (own, system) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match ceiling {
+            Some(ceiling) if ceiling < value => {
+                tracing::warn!(
+                    limit = name,
+                    configured = value,
+                    used = ceiling,
+                    "lowered a command limit to the most this runner may set"
+                );
+                ceiling
+            }
+            _ => value,
+        }
+    };
+    Limits {
+        max_processes: lower("max_processes", libc::RLIMIT_NPROC, limits.max_processes),
+        max_open_files: lower("max_open_files", libc::RLIMIT_NOFILE, limits.max_open_files),
+        max_file_size_bytes: lower(
+            "max_file_size_bytes",
+            libc::RLIMIT_FSIZE,
+            limits.max_file_size_bytes,
+        ),
+    }
+}
+
+/// This process's hard limit on `resource`; `None` if unlimited or unknown.
+fn own_hard_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
+    let mut limit = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit64 writes one rlimit64 to a valid pointer.
+    let result = unsafe { libc::getrlimit64(resource, &mut limit) };
+    (result == 0 && limit.rlim_max != libc::RLIM64_INFINITY).then_some(limit.rlim_max)
 }
 
 /// Whether this kernel lets an unprivileged user create user namespaces, as

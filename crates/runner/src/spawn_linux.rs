@@ -51,7 +51,10 @@ use std::ptr;
 use std::sync::Mutex;
 use std::sync::mpsc;
 
-use crate::child_linux::{ChildPlan, FIRST_FREE_FD, IdMaps, SpawnReply, clone_process_tree};
+use crate::child_linux::{
+    ChildPlan, FIRST_FREE_FD, IdMaps, SandboxPlan, SpawnReply, clone_process_tree,
+};
+use crate::config::Limits;
 use crate::error::RunError;
 use crate::process_tree::{ProcessTree, kill_and_reap};
 use crate::request::CommandSpec;
@@ -107,6 +110,22 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
             gid_map: gid_map.as_ptr(),
             gid_map_len: gid_map.len(),
         }),
+        sandbox: spec.sandbox.as_ref().map(|sandbox| {
+            let (temporary_source, temporary_target) = match &sandbox.temporary_directory {
+                Some((source, target)) => (source.as_ptr(), target.as_ptr()),
+                None => (ptr::null(), ptr::null()),
+            };
+            SandboxPlan {
+                proc_target: sandbox
+                    .proc_target
+                    .as_ref()
+                    .map_or(ptr::null(), |c| c.as_ptr()),
+                temporary_source,
+                temporary_target,
+                private_network: sandbox.private_network,
+            }
+        }),
+        limits: resource_limits(spec.limits),
     };
     let action = if spec.own_user_namespace {
         "create the command's process in user and PID namespaces of its own (this runner is \
@@ -126,6 +145,17 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
         File::from(status_read),
         File::from(errors_read),
     ))
+}
+
+/// The command's limits as (`RLIMIT_*`, value) pairs for the child.
+fn resource_limits(limits: Limits) -> [(u32, u64); 4] {
+    [
+        (libc::RLIMIT_NPROC, limits.max_processes),
+        (libc::RLIMIT_NOFILE, limits.max_open_files),
+        (libc::RLIMIT_FSIZE, limits.max_file_size_bytes),
+        (libc::RLIMIT_CORE, 0),
+    ]
+    .map(|(resource, value)| (resource as u32, value))
 }
 
 fn open_null(write: bool) -> Result<File, RunError> {
