@@ -391,6 +391,15 @@ pub(crate) fn unshare(error: Arc<VfsError>) -> VfsError {
             actual: *actual,
         },
         VfsError::InvalidInputRoot(why) => VfsError::InvalidInputRoot(why.clone()),
+        VfsError::InputTooLarge {
+            digest,
+            entries,
+            limit,
+        } => VfsError::InputTooLarge {
+            digest: *digest,
+            entries: *entries,
+            limit: *limit,
+        },
         other => VfsError::io(
             "loading the input tree",
             std::io::Error::other(other.to_string()),

@@ -18,7 +18,7 @@ use lazybarn_cas::Digest;
 use parking_lot::Mutex;
 
 use crate::blob_cache::BlobCache;
-use crate::error::VfsError;
+use crate::error::{FailureKind, VfsError};
 use crate::handles::HandleTable;
 use crate::input_tree::{self, InputOwner};
 use crate::metrics::MountCounters;
@@ -33,18 +33,33 @@ pub(crate) const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 pub(crate) const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Loads an operation may wait for before it gives up (a cycle guard).
 const MAX_LOADS_PER_OP: usize = 64;
+/// Failures a mount keeps for the worker; an action that retries a failing
+/// lookup in a loop must not grow the list without end.
+const MAX_FAILURES: usize = 100;
 
 type SharedLoad = Shared<BoxFuture<'static, Result<(), Arc<VfsError>>>>;
 
-/// A CAS read that failed while the action ran.
+/// A load of the input root that failed while the action ran (a CAS read,
+/// an invalid Directory, the entry cap): the reader got an errno, and the
+/// worker reports this instead of the command's own failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchFailure {
-    /// The blob that could not be read.
+    /// The blob that could not be read or used.
     pub digest: Digest,
-    /// The error, with the CAS's status.
+    /// The error, naming the blob, and the entry or cap at fault.
     pub message: String,
-    /// Whether the CAS answered NOT_FOUND: the client must upload it again.
+    /// Whether the CAS answered NOT_FOUND: the same as `kind ==
+    /// FailureKind::Missing`, kept for callers that only ask this.
     pub missing: bool,
+    /// What kind of failure it was; [`FetchFailure::code`] is its gRPC code.
+    pub kind: FailureKind,
+}
+
+impl FetchFailure {
+    /// The gRPC code the worker answers the action with.
+    pub fn code(&self) -> tonic::Code {
+        self.kind.code()
+    }
 }
 
 /// The state of one mount.
@@ -66,17 +81,20 @@ pub(crate) struct VfsCore {
 }
 
 impl VfsCore {
-    /// A core whose root directory is the Directory `root`.
+    /// A core whose root directory is the Directory `root`, loading at most
+    /// `max_input_entries` input entries.
     pub fn new(
         root: Digest,
+        max_input_entries: u64,
         cache: Arc<BlobCache>,
         source: Arc<dyn BlobSource>,
         scratch: PathBuf,
         owner: InputOwner,
         runtime: tokio::runtime::Handle,
     ) -> Self {
+        let table = NodeTable::new(root, input_tree::root_meta(owner), max_input_entries);
         VfsCore {
-            table: Mutex::new(NodeTable::new(root, input_tree::root_meta(owner))),
+            table: Mutex::new(table),
             cache,
             source,
             scratch,
@@ -101,14 +119,21 @@ impl VfsCore {
         self.scratch.join(ino.to_string())
     }
 
-    /// Records a failed CAS read for the worker's report.
+    /// Records a failed load for the worker's report: once per distinct
+    /// failure, and at most [`MAX_FAILURES`] of them.
     pub fn record_failure(&self, digest: Digest, error: &VfsError) {
-        tracing::warn!("vfs: {error}");
-        self.failures.lock().push(FetchFailure {
+        let failure = FetchFailure {
             digest,
             message: error.to_string(),
             missing: error.missing_blob().is_some(),
-        });
+            kind: error.kind(),
+        };
+        let mut failures = self.failures.lock();
+        if failures.len() >= MAX_FAILURES || failures.contains(&failure) {
+            return;
+        }
+        tracing::warn!("vfs: {error}");
+        failures.push(failure);
     }
 
     /// Loads directory `ino`'s children from the CAS, once however many

@@ -58,7 +58,8 @@ impl DirectoryCache {
     }
 
     /// Checks `bytes` against `digest`, decodes them, and keeps the result
-    /// (unless it alone is larger than the whole cache).
+    /// (unless it alone is larger than the whole cache). Bytes that do not
+    /// match or decode are an invalid input root (`FailureKind::InvalidInput`).
     pub fn insert(&self, digest: Digest, bytes: &Bytes) -> Result<Arc<Directory>> {
         let directory = Arc::new(decode_directory(digest, bytes)?);
         let size = digest.size();
@@ -128,7 +129,9 @@ mod tests {
 
         let (other, _) = directory("b.h");
         let err = cache.insert(other, &bytes).expect_err("wrong digest");
-        assert!(matches!(err, VfsError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, VfsError::InvalidInputRoot(_)), "{err}");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains(&other.to_string()), "{err}");
         assert!(cache.get(&other).is_none());
         assert_eq!(cache.len(), 1);
     }

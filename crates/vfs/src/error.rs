@@ -1,4 +1,5 @@
-//! The vfs error type, and how each error reaches a FUSE caller as an errno.
+//! The vfs error type; how each error reaches a FUSE caller as an errno, and
+//! the worker as a gRPC code through its [`FailureKind`].
 
 use std::io;
 use std::path::PathBuf;
@@ -52,6 +53,54 @@ pub enum VfsError {
     /// An output path that is not a valid relative path.
     #[error("invalid output path {0:?}")]
     InvalidOutputPath(String),
+    /// Loading a Directory would take the mount past
+    /// `MountConfig::max_input_entries`; nothing of it was loaded.
+    #[error(
+        "input root too large: loading Directory {digest} would make {entries} input entries, \
+         over max_input_entries = {limit}"
+    )]
+    InputTooLarge {
+        /// The Directory that did not fit.
+        digest: Digest,
+        /// Entries the mount would hold with it.
+        entries: u64,
+        /// The cap.
+        limit: u64,
+    },
+}
+
+/// What kind of failure an error is, which decides the gRPC code the worker
+/// answers with ([`FailureKind::code`]) and whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The CAS does not have a blob the input root names: the client must
+    /// upload it again. FAILED_PRECONDITION, as REAPI asks.
+    Missing,
+    /// The CAS failed or sent bytes that do not match their digest; another
+    /// try may succeed. UNAVAILABLE.
+    Unavailable,
+    /// The input root, or an output path, breaks REAPI's rules (a bad or
+    /// duplicate name, a malformed digest, a Directory that does not decode
+    /// or match its digest); it never will succeed. INVALID_ARGUMENT.
+    InvalidInput,
+    /// The input root is larger than the mount's cap. RESOURCE_EXHAUSTED.
+    TooLarge,
+    /// Something on the worker itself failed (its disk, the mount point).
+    /// INTERNAL.
+    Internal,
+}
+
+impl FailureKind {
+    /// The gRPC code a request failing this way gets.
+    pub fn code(self) -> tonic::Code {
+        match self {
+            FailureKind::Missing => tonic::Code::FailedPrecondition,
+            FailureKind::Unavailable => tonic::Code::Unavailable,
+            FailureKind::InvalidInput => tonic::Code::InvalidArgument,
+            FailureKind::TooLarge => tonic::Code::ResourceExhausted,
+            FailureKind::Internal => tonic::Code::Internal,
+        }
+    }
 }
 
 impl VfsError {
@@ -65,9 +114,30 @@ impl VfsError {
 
     /// The errno a FUSE caller sees for this error: EIO for anything the
     /// CAS or the input root caused, so a reader never mistakes a fetch
-    /// failure for a missing file.
+    /// failure for a missing file; ENOSPC for an input root over the cap.
     pub fn errno(&self) -> Errno {
         self.errno_inner()
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            VfsError::Fetch {
+                code: tonic::Code::NotFound,
+                ..
+            } => FailureKind::Missing,
+            VfsError::Fetch { .. } | VfsError::Corrupt { .. } => FailureKind::Unavailable,
+            VfsError::InvalidInputRoot(_) | VfsError::InvalidOutputPath(_) => {
+                FailureKind::InvalidInput
+            }
+            VfsError::InputTooLarge { .. } => FailureKind::TooLarge,
+            VfsError::MountPoint { .. } | VfsError::Io { .. } => FailureKind::Internal,
+        }
+    }
+
+    /// The gRPC code the worker answers with: `self.kind().code()`.
+    pub fn code(&self) -> tonic::Code {
+        self.kind().code()
     }
 
     /// The digest of the blob the CAS did not have, when that is the error.
@@ -88,6 +158,10 @@ impl VfsError {
                 .raw_os_error()
                 .map(Errno::from_i32)
                 .unwrap_or(Errno::EIO),
+            // The mount is out of room for input entries, as a disk out of
+            // inodes is: ENOSPC. (EFBIG would blame one file's size, and is
+            // what the action sees when it hits its own file size limit.)
+            VfsError::InputTooLarge { .. } => Errno::ENOSPC,
             _ => Errno::EIO,
         }
     }
@@ -95,3 +169,51 @@ impl VfsError {
 
 /// Result with a [`VfsError`].
 pub type Result<T, E = VfsError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_codes() {
+        let digest = Digest::of(b"x");
+        let fetch = |code| VfsError::Fetch {
+            what: "file",
+            digest,
+            message: String::new(),
+            code,
+        };
+        let too_large = VfsError::InputTooLarge {
+            digest,
+            entries: 12,
+            limit: 10,
+        };
+        let cases = [
+            (
+                fetch(tonic::Code::NotFound),
+                tonic::Code::FailedPrecondition,
+            ),
+            (fetch(tonic::Code::Unavailable), tonic::Code::Unavailable),
+            (
+                VfsError::InvalidInputRoot("bad".into()),
+                tonic::Code::InvalidArgument,
+            ),
+            (too_large, tonic::Code::ResourceExhausted),
+            (
+                VfsError::io("x", io::Error::other("disk")),
+                tonic::Code::Internal,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
+        let too_large = VfsError::InputTooLarge {
+            digest,
+            entries: 12,
+            limit: 10,
+        };
+        assert_eq!(too_large.errno(), Errno::ENOSPC);
+        let message = too_large.to_string();
+        assert!(message.contains("max_input_entries = 10"), "{message}");
+    }
+}

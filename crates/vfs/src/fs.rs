@@ -15,6 +15,7 @@ use fuser::{
     WriteFlags,
 };
 
+use crate::access::AccessPolicy;
 use crate::core::VfsCore;
 use crate::ops_write::{AttrChange, Caller};
 
@@ -29,17 +30,33 @@ const MAX_BACKGROUND: u16 = 64;
 pub(crate) struct LazyFs {
     core: Arc<VfsCore>,
     want_passthrough: bool,
+    access: AccessPolicy,
 }
 
 impl LazyFs {
-    /// A filesystem over `core`; passthrough is used when `want_passthrough`
-    /// and the kernel offers it.
-    pub fn new(core: Arc<VfsCore>, want_passthrough: bool) -> Self {
+    /// A filesystem over `core` answering whom `access` permits;
+    /// passthrough is used when `want_passthrough` and the kernel offers it.
+    pub fn new(core: Arc<VfsCore>, want_passthrough: bool, access: AccessPolicy) -> Self {
         LazyFs {
             core,
             want_passthrough,
+            access,
         }
     }
+}
+
+/// Answers EACCES, and returns, when the mount's [`AccessPolicy`] does not
+/// serve the request's uid. Every request that names a node starts with
+/// this. Requests on an open handle (read, write, readdir, fsync, release)
+/// do not: the handle's open was checked, and the kernel sends some of them
+/// itself, without the caller's uid (write-back of a shared mapping,
+/// release after the last close).
+macro_rules! refuse_strangers {
+    ($fs:expr, $req:expr, $reply:expr) => {
+        if !$fs.access.permits($req.uid()) {
+            return $reply.error(Errno::EACCES);
+        }
+    };
 }
 
 fn caller(req: &Request) -> Caller {
@@ -76,17 +93,19 @@ impl Filesystem for LazyFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        refuse_strangers!(self, req, reply);
         self.core.lookup(parent.0, name, reply);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        refuse_strangers!(self, req, reply);
         self.core.getattr(ino.0, reply);
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -102,6 +121,7 @@ impl Filesystem for LazyFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        refuse_strangers!(self, req, reply);
         let change = AttrChange {
             mode,
             uid,
@@ -114,7 +134,8 @@ impl Filesystem for LazyFs {
         self.core.setattr(ino.0, change, reply);
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        refuse_strangers!(self, req, reply);
         self.core.readlink(ino.0, reply);
     }
 
@@ -128,6 +149,7 @@ impl Filesystem for LazyFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        refuse_strangers!(self, req, reply);
         self.core
             .mknod(parent.0, name, mode & !umask, caller(req), reply);
     }
@@ -141,15 +163,18 @@ impl Filesystem for LazyFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        refuse_strangers!(self, req, reply);
         self.core
             .mkdir(parent.0, name, mode & !umask, caller(req), reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        refuse_strangers!(self, req, reply);
         self.core.unlink(parent.0, name, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        refuse_strangers!(self, req, reply);
         self.core.rmdir(parent.0, name, reply);
     }
 
@@ -161,13 +186,14 @@ impl Filesystem for LazyFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        refuse_strangers!(self, req, reply);
         self.core
             .symlink(parent.0, link_name, target, caller(req), reply);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -175,22 +201,25 @@ impl Filesystem for LazyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        refuse_strangers!(self, req, reply);
         self.core
             .rename(parent.0, name, newparent.0, newname, flags, reply);
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        refuse_strangers!(self, req, reply);
         self.core.link(ino.0, newparent.0, newname, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        refuse_strangers!(self, req, reply);
         self.core.open(ino.0, flags, reply);
     }
 
@@ -262,7 +291,8 @@ impl Filesystem for LazyFs {
         self.core.fsync(fh.0, datasync, reply);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        refuse_strangers!(self, req, reply);
         self.core.opendir(ino.0, reply);
     }
 
@@ -310,7 +340,8 @@ impl Filesystem for LazyFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        refuse_strangers!(self, req, reply);
         self.core.statfs(reply);
     }
 
@@ -318,7 +349,7 @@ impl Filesystem for LazyFs {
     // kernel stop asking: it then answers EOPNOTSUPP itself.
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
@@ -326,25 +357,22 @@ impl Filesystem for LazyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        refuse_strangers!(self, req, reply);
         reply.error(Errno::ENOSYS);
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    fn getxattr(&self, req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        refuse_strangers!(self, req, reply);
         reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        refuse_strangers!(self, req, reply);
         reply.error(Errno::ENOSYS);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        refuse_strangers!(self, req, reply);
         reply.error(Errno::ENOSYS);
     }
 
@@ -358,6 +386,7 @@ impl Filesystem for LazyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        refuse_strangers!(self, req, reply);
         self.core
             .create(parent.0, name, mode & !umask, flags, caller(req), reply);
     }

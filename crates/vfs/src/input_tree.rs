@@ -2,8 +2,12 @@
 //!
 //! A Directory message is fetched the first time its directory is looked
 //! into, checked against its digest, validated, and turned into children.
-//! Names are checked when loaded: empty, ".", "..", or containing "/" or NUL
-//! make the input root invalid, reported as such and never used as a path.
+//! Names are checked when loaded: empty, ".", "..", containing "/" or NUL,
+//! or used twice in one Directory (a file and a directory alike) make the
+//! input root invalid, reported as such (naming the entry and the Directory)
+//! and never used as a path. Each entry loaded counts towards the mount's
+//! `max_input_entries`: shared subtrees make a few KB of Directory messages
+//! into hundreds of thousands of paths, and a load past the cap fails whole.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
@@ -15,7 +19,7 @@ use lazybarn_proto::reapi::{self, Directory, NodeProperties};
 use prost::Message;
 
 use crate::error::{Result, VfsError};
-use crate::node::{Children, Ino, InputFileKey, Meta, Node, NodeKind, NodeTable};
+use crate::node::{Children, Ino, InputFileKey, Meta, Node, NodeKind, NodeTable, ROOT};
 
 /// The timestamp of every input node without an mtime property: fixed, so
 /// the same inputs always look the same (2000-01-01T00:00:00Z, as Buildbarn).
@@ -26,21 +30,26 @@ pub const INPUT_MTIME: Duration = Duration::from_secs(946_684_800);
 pub(crate) struct InputOwner {
     pub uid: u32,
     pub gid: u32,
+    /// The only uid the mount serves, if one: the root directory is then
+    /// its own and 0700, so the kernel itself keeps other uids out.
+    pub private_to: Option<u32>,
 }
 
 /// Checks `bytes` against `digest` and decodes the Directory message.
 pub(crate) fn decode_directory(digest: Digest, bytes: &Bytes) -> Result<Directory> {
     let actual = Digest::of(bytes);
     if actual != digest {
-        return Err(VfsError::Corrupt { digest, actual });
+        return Err(VfsError::InvalidInputRoot(format!(
+            "Directory {digest} does not match its digest: its bytes hash to {actual}"
+        )));
     }
     Directory::decode(bytes.clone())
         .map_err(|e| VfsError::InvalidInputRoot(format!("Directory {digest} does not decode: {e}")))
 }
 
 /// Fills directory `ino` with the children listed in `directory`; returns
-/// false if someone loaded it first. Nothing changes if the message is
-/// invalid.
+/// false if someone loaded it first (or it is gone). Nothing changes if the
+/// message is invalid or would take the table past its cap.
 pub(crate) fn load_children(
     table: &mut NodeTable,
     ino: Ino,
@@ -48,19 +57,25 @@ pub(crate) fn load_children(
     directory: &Directory,
     owner: InputOwner,
 ) -> Result<bool> {
-    let entries = validate(digest, directory)?;
-    let node = table
-        .get(ino)
-        .map_err(|_| VfsError::InvalidInputRoot(format!("directory inode {ino} vanished")))?;
     if !matches!(
-        node.kind,
-        NodeKind::Dir {
+        table.get(ino).map(|node| &node.kind),
+        Ok(NodeKind::Dir {
             children: Children::Unloaded(_),
             ..
-        }
+        })
     ) {
         return Ok(false);
     }
+    let added = directory.files.len() + directory.directories.len() + directory.symlinks.len();
+    let total = table.input_entries.saturating_add(added as u64);
+    if total > table.max_input_entries {
+        return Err(VfsError::InputTooLarge {
+            digest,
+            entries: total,
+            limit: table.max_input_entries,
+        });
+    }
+    let entries = validate(digest, directory)?;
     let mut children = BTreeMap::new();
     for entry in entries {
         let child = match entry {
@@ -116,14 +131,18 @@ pub(crate) fn load_children(
         };
         children.insert(child.0, child.1);
     }
+    table.input_entries = total;
     let node = table
         .get_mut(ino)
-        .map_err(|_| VfsError::InvalidInputRoot(format!("directory inode {ino} vanished")))?;
+        .expect("checked to be an unloaded directory above, under the same lock");
     if let Some(properties) = &directory.node_properties {
         node.meta.mtime = mtime(Some(properties));
         if let Some(mode) = properties.unix_mode {
             node.meta.perm = (mode & 0o7777) as u16;
         }
+    }
+    if ino == ROOT && owner.private_to.is_some() {
+        node.meta.perm &= 0o7700;
     }
     if let NodeKind::Dir { children: slot, .. } = &mut node.kind {
         *slot = Children::Loaded(children);
@@ -158,7 +177,7 @@ fn validate(digest: Digest, directory: &Directory) -> Result<Vec<Entry<'_>>> {
             return Err(invalid(format!("invalid name {name:?}")));
         }
         if !seen.insert(name.to_string()) {
-            return Err(invalid(format!("name {name:?} appears twice")));
+            return Err(invalid(format!("name {name:?} names more than one entry")));
         }
         Ok(OsString::from(name))
     };
@@ -229,9 +248,16 @@ fn input_meta(perm: u16, mtime: SystemTime, owner: InputOwner) -> Meta {
     }
 }
 
-/// The metadata of the root directory before it is loaded.
+/// The metadata of the root directory before it is loaded: private to the
+/// one uid served, if there is one.
 pub(crate) fn root_meta(owner: InputOwner) -> Meta {
-    input_meta(0o777, mtime(None), owner)
+    match owner.private_to {
+        Some(uid) => Meta {
+            uid,
+            ..input_meta(0o700, mtime(None), owner)
+        },
+        None => input_meta(0o777, mtime(None), owner),
+    }
 }
 
 #[cfg(test)]
@@ -239,7 +265,11 @@ mod tests {
     use super::*;
     use lazybarn_proto::reapi::{DirectoryNode, FileNode, SymlinkNode};
 
-    const OWNER: InputOwner = InputOwner { uid: 0, gid: 0 };
+    const OWNER: InputOwner = InputOwner {
+        uid: 0,
+        gid: 0,
+        private_to: None,
+    };
 
     fn file(name: &str) -> FileNode {
         FileNode {
@@ -252,8 +282,8 @@ mod tests {
 
     fn load(directory: Directory) -> Result<NodeTable> {
         let digest = Digest::of(&directory.encode_to_vec());
-        let mut table = NodeTable::new(digest, root_meta(OWNER));
-        load_children(&mut table, crate::node::ROOT, digest, &directory, OWNER)?;
+        let mut table = NodeTable::new(digest, root_meta(OWNER), 1_000);
+        load_children(&mut table, ROOT, digest, &directory, OWNER)?;
         Ok(table)
     }
 
@@ -297,14 +327,73 @@ mod tests {
             ..Default::default()
         })
         .expect("valid");
-        let a = table.child(crate::node::ROOT, "a".as_ref()).expect("a");
-        let b = table.child(crate::node::ROOT, "b".as_ref()).expect("b");
+        let a = table.child(ROOT, "a".as_ref()).expect("a");
+        let b = table.child(ROOT, "b".as_ref()).expect("b");
         assert_eq!(a, b);
         assert_eq!(table.get(a).expect("node").nlink, 2);
-        let sub = table.child(crate::node::ROOT, "sub".as_ref()).expect("sub");
+        let sub = table.child(ROOT, "sub".as_ref()).expect("sub");
         assert!(matches!(
             table.children(sub),
             Err(crate::node::Pending::Load(_))
         ));
+    }
+
+    #[test]
+    fn a_load_past_the_cap_fails_whole_and_counts_nothing() {
+        let files = |n: usize| Directory {
+            files: (0..n).map(|i| file(&format!("f{i}"))).collect(),
+            ..Default::default()
+        };
+        let directory = files(3);
+        let digest = Digest::of(&directory.encode_to_vec());
+        let mut table = NodeTable::new(digest, root_meta(OWNER), 2);
+        let err = load_children(&mut table, ROOT, digest, &directory, OWNER)
+            .expect_err("3 entries over a cap of 2");
+        assert!(matches!(
+            err,
+            VfsError::InputTooLarge {
+                entries: 3,
+                limit: 2,
+                ..
+            }
+        ));
+        assert_eq!(table.input_entries, 0);
+        assert!(table.children(ROOT).is_err(), "still unloaded");
+
+        table.max_input_entries = 3;
+        assert!(load_children(&mut table, ROOT, digest, &directory, OWNER).expect("fits"));
+        assert_eq!(table.input_entries, 3);
+    }
+
+    #[test]
+    fn messages_name_the_entry_and_the_directory() {
+        let bad_digest = Directory {
+            files: vec![FileNode {
+                name: "f".into(),
+                digest: Some(reapi::Digest {
+                    hash: "not hex".into(),
+                    size_bytes: 1,
+                }),
+                is_executable: false,
+                node_properties: None,
+            }],
+            ..Default::default()
+        };
+        let file_and_dir = Directory {
+            files: vec![file("x")],
+            directories: vec![DirectoryNode {
+                name: "x".into(),
+                digest: Some(Digest::of(b"x").to_proto()),
+            }],
+            ..Default::default()
+        };
+        for (directory, name) in [(bad_digest, "\"f\""), (file_and_dir, "\"x\"")] {
+            let digest = Digest::of(&directory.encode_to_vec());
+            let err = load(directory).err().expect("invalid");
+            let message = err.to_string();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{message}");
+            assert!(message.contains(name), "{message}");
+            assert!(message.contains(&digest.to_string()), "{message}");
+        }
     }
 }

@@ -22,6 +22,7 @@
 //! directory. No FUSE request thread ever waits on the network: requests
 //! that need a fetch are answered from a tokio task.
 
+mod access;
 mod blob_cache;
 mod capture;
 mod core;
@@ -44,8 +45,8 @@ pub use blob_cache::{BlobCache, Obtained};
 pub use capture::{BlobLocation, CapturedFile, CapturedOutput};
 pub use core::FetchFailure;
 pub use directory_cache::{DEFAULT_DIRECTORY_CACHE_BYTES, DirectoryCache};
-pub use error::{Result, VfsError};
+pub use error::{FailureKind, Result, VfsError};
 pub use input_tree::INPUT_MTIME;
 pub use metrics::{MountCounters, MountStats};
-pub use mount::{FS_NAME, Mount, MountConfig, clean_stale_mounts};
+pub use mount::{DEFAULT_MAX_INPUT_ENTRIES, FS_NAME, Mount, MountConfig, clean_stale_mounts};
 pub use source::{BlobSource, CasBlobSource};

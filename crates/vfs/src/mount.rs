@@ -1,6 +1,7 @@
-//! Mount lifecycle: mount an input root on an empty directory, open to
-//! every uid; unmount at the end even while processes still hold files; and
-//! at start-up, clean mounts a crashed predecessor left behind.
+//! Mount lifecycle: mount an input root on an empty directory, served to
+//! the action's uid (or every uid); unmount at the end even while processes
+//! still hold files; and at start-up, clean mounts a crashed predecessor
+//! left behind.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use lazybarn_cas::Digest;
 
+use crate::access::AccessPolicy;
 use crate::blob_cache::BlobCache;
 use crate::capture::{CapturedOutput, unshare};
 use crate::core::{FetchFailure, VfsCore};
@@ -26,6 +28,10 @@ use crate::sys_linux;
 pub const FS_NAME: &str = "lazybarn";
 /// How long unmount waits for the request threads to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default of [`MountConfig::max_input_entries`]: twelve times what a
+/// compile against all of Boost loads (about 16,500 entries), far below
+/// what a memory-hungry tree of shared subtrees would cost.
+pub const DEFAULT_MAX_INPUT_ENTRIES: u64 = 200_000;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -41,6 +47,20 @@ pub struct MountConfig {
     pub input_uid: u32,
     /// Group of input files and directories.
     pub input_gid: u32,
+    /// The most input entries (files, directories and symlinks, counted per
+    /// path as their Directory is loaded) one mount loads. A load past it
+    /// fails: at mount time `Mount::new` returns the error; later the
+    /// request gets ENOSPC and the failure is recorded (`Mount::failures`),
+    /// of kind `FailureKind::TooLarge`. Recommended:
+    /// [`DEFAULT_MAX_INPUT_ENTRIES`] (200,000).
+    pub max_input_entries: u64,
+    /// The uid the mount serves: requests from any other uid but this
+    /// process's own get EACCES, and the root directory is made 0700 and
+    /// owned by it, so the kernel refuses other uids even paths it has
+    /// cached. None serves every uid. Recommended: the uid the action runs
+    /// as, one per worker slot, so concurrent actions cannot touch each
+    /// other's mounts.
+    pub allowed_uid: Option<u32>,
 }
 
 impl Default for MountConfig {
@@ -50,6 +70,8 @@ impl Default for MountConfig {
             threads: 4,
             input_uid: 0,
             input_gid: 0,
+            max_input_entries: DEFAULT_MAX_INPUT_ENTRIES,
+            allowed_uid: None,
         }
     }
 }
@@ -64,7 +86,8 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts the input root `root` at `mount_point` (an existing, empty
-    /// directory). Only the root Directory is read before this returns.
+    /// directory). Only the root Directory is read before this returns; if
+    /// that fails, the error's [`VfsError::code`] says how to answer.
     /// Files the action writes go to `scratch_dir`, which must not exist yet
     /// and is removed at unmount.
     pub async fn new(
@@ -84,9 +107,11 @@ impl Mount {
         let owner = InputOwner {
             uid: config.input_uid,
             gid: config.input_gid,
+            private_to: config.allowed_uid,
         };
         let core = Arc::new(VfsCore::new(
             root,
+            config.max_input_entries,
             cache,
             source,
             scratch_dir.to_path_buf(),
@@ -100,7 +125,11 @@ impl Mount {
             connection: None,
         };
         core.load_dir(ROOT).await.map_err(unshare)?;
-        let fs = LazyFs::new(core, config.passthrough);
+        let fs = LazyFs::new(
+            core,
+            config.passthrough,
+            AccessPolicy::new(config.allowed_uid),
+        );
         let options = fuse_config(config);
         let point = mount_point.to_path_buf();
         let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &point, &options))
@@ -127,7 +156,8 @@ impl Mount {
         self.core.counters.snapshot()
     }
 
-    /// The CAS reads that failed (each returned EIO to its reader).
+    /// The loads that failed while the action ran (each returned EIO, or
+    /// ENOSPC for the entry cap, to its reader), first first.
     pub fn failures(&self) -> Vec<FetchFailure> {
         self.core.failures.lock().clone()
     }
@@ -213,7 +243,8 @@ fn fuse_config(config: &MountConfig) -> Config {
         MountOption::NoAtime,
         MountOption::Exec,
     ];
-    // The runner's uid must be able to use the mount.
+    // The runner's uid must be able to use the mount; which uid that is,
+    // the AccessPolicy decides (fuser's ACLs know only the mounting uid).
     options.acl = SessionACL::All;
     options.n_threads = Some(config.threads.max(1));
     options.clone_fd = true;

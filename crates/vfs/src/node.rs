@@ -94,11 +94,17 @@ pub(crate) struct NodeTable {
     nodes: HashMap<Ino, Node>,
     next: Ino,
     input_files: HashMap<InputFileKey, Ino>,
+    /// Entries loaded from input Directory messages so far, one per path
+    /// (files that share an inode count once per name).
+    pub input_entries: u64,
+    /// The most `input_entries` may reach; a load past it fails.
+    pub max_input_entries: u64,
 }
 
 impl NodeTable {
-    /// A table holding only the root directory, whose children are `root`.
-    pub fn new(root: Digest, meta: Meta) -> Self {
+    /// A table holding only the root directory, whose children are `root`,
+    /// that will load at most `max_input_entries` input entries.
+    pub fn new(root: Digest, meta: Meta, max_input_entries: u64) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
@@ -116,6 +122,8 @@ impl NodeTable {
             nodes,
             next: ROOT + 1,
             input_files: HashMap::new(),
+            input_entries: 0,
+            max_input_entries,
         }
     }
 
