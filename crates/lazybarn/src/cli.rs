@@ -71,6 +71,47 @@ pub struct UpArgs {
     /// SIGINT or SIGTERM arrives (a second signal stops them at once).
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// What actions may do and cost.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The worker's sandbox and caps, shared by `up` and `worker` (which also
+/// reads them from its configuration file; flags win).
+#[derive(Clone, Debug, Default, Args)]
+pub struct SandboxArgs {
+    /// Let actions that ask with the platform property `network=host` use
+    /// the host's network; all others have only loopback, in a network
+    /// namespace of their own.
+    #[arg(long)]
+    pub allow_host_network: bool,
+    /// Most files, directories and symlinks in an action's input tree,
+    /// counted per path [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub max_input_entries: Option<u64>,
+    /// Most bytes of written output files per action [default: 16 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_output_bytes: Option<u64>,
+    /// Most bytes of standard output, and again of standard error, per
+    /// action [default: 256 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_log_bytes: Option<u64>,
+}
+
+impl SandboxArgs {
+    /// Sets the values given in `config`.
+    pub fn apply(&self, config: &mut lazybarn_worker::WorkerConfig) {
+        config.allow_host_network |= self.allow_host_network;
+        if let Some(n) = self.max_input_entries {
+            config.max_input_entries = n;
+        }
+        if let Some(n) = self.max_output_bytes {
+            config.max_output_bytes = n;
+        }
+        if let Some(n) = self.max_log_bytes {
+            config.max_log_bytes = n;
+        }
+    }
 }
 
 /// Flags of `lazybarn worker`.
@@ -123,6 +164,9 @@ pub struct WorkerArgs {
     /// configuration file's `drain_timeout`, else 20s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// What actions may do and cost.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// Flags of `lazybarn scheduler`.

@@ -178,6 +178,7 @@ impl UpPlan {
             platform: parse_platform(&args.platform)?,
             user,
             drain_timeout: args.drain_timeout,
+            sandbox: args.sandbox.clone(),
         };
         // Creates the data directory too, before the storage opens its part.
         let layout = Layout::plan(&data_dir, user.uid)?;

@@ -13,7 +13,7 @@ use lazybarn_worker::Stop;
 use lazybarn_worker::config::{BuildMode, WorkerConfig};
 use tokio::sync::watch;
 
-use crate::cli::{DEFAULT_MAX_CACHE_BYTES, WorkerArgs};
+use crate::cli::{DEFAULT_MAX_CACHE_BYTES, SandboxArgs, WorkerArgs};
 use crate::error::LazybarnError;
 use crate::layout::{Layout, default_data_dir};
 use crate::runner_child::RunnerChild;
@@ -131,11 +131,15 @@ pub struct WorkerSettings {
     pub user: ActionUser,
     /// How long running actions may take to finish once told to stop.
     pub drain_timeout: std::time::Duration,
+    /// The sandbox and caps given on the command line.
+    pub sandbox: SandboxArgs,
 }
 
-/// The worker's configuration for `settings` in `layout`.
+/// The worker's configuration for `settings` in `layout`. Run as root, each
+/// slot runs its actions as a user of its own; otherwise every action runs
+/// as this process's user.
 pub fn worker_config(settings: &WorkerSettings, layout: &Layout) -> WorkerConfig {
-    WorkerConfig {
+    let mut config = WorkerConfig {
         scheduler: settings.scheduler.clone(),
         cas: settings.cas.clone(),
         worker_id: None,
@@ -151,7 +155,15 @@ pub fn worker_config(settings: &WorkerSettings, layout: &Layout) -> WorkerConfig
         action_gid: settings.user.gid,
         fetch_concurrency: 32,
         drain_timeout: settings.drain_timeout,
-    }
+        isolate_slots: nix::unistd::geteuid().is_root(),
+        first_slot_id: lazybarn_worker::config::DEFAULT_FIRST_SLOT_ID,
+        allow_host_network: false,
+        max_input_entries: lazybarn_worker::config::DEFAULT_MAX_INPUT_ENTRIES,
+        max_output_bytes: lazybarn_worker::config::DEFAULT_MAX_OUTPUT_BYTES,
+        max_log_bytes: lazybarn_worker::config::DEFAULT_MAX_LOG_BYTES,
+    };
+    settings.sandbox.apply(&mut config);
+    config
 }
 
 /// Prints where a worker's action directories go, and why there if they
@@ -371,6 +383,7 @@ fn configure(args: &WorkerArgs) -> Result<WorkerConfig, LazybarnError> {
     if let Some(timeout) = args.drain_timeout {
         config.drain_timeout = timeout;
     }
+    args.sandbox.apply(&mut config);
     config.build_mode = usable_build_mode(config.build_mode);
     for dir in [&config.build_directory, &config.cache_directory] {
         std::fs::create_dir_all(dir).map_err(LazybarnError::io("creating", dir))?;
@@ -399,6 +412,7 @@ fn configure_from_flags(args: &WorkerArgs) -> Result<WorkerConfig, LazybarnError
         drain_timeout: args
             .drain_timeout
             .unwrap_or(lazybarn_worker::config::DEFAULT_DRAIN_TIMEOUT),
+        sandbox: args.sandbox.clone(),
     };
     if let Some(why) = &layout.relocated_because {
         eprintln!(
@@ -493,6 +507,7 @@ mod tests {
             external_runner: false,
             http: None,
             drain_timeout: None,
+            sandbox: SandboxArgs::default(),
         };
         let error = configure(&args).expect_err("unknown key");
         assert!(error.to_string().contains("slotz"), "{error}");

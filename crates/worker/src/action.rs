@@ -19,7 +19,7 @@ use tonic::{Code, Status};
 
 use crate::build_dir::{ActionDirectory, DirectoryContext, FetchStats};
 use crate::config::BuildMode;
-use crate::outputs::BlobData;
+use crate::isolation::{Identity, Isolation};
 use crate::runner::RunnerConnection;
 use crate::upload;
 
@@ -43,6 +43,8 @@ pub struct ActionEnvironment {
     pub mount: MountConfig,
     /// Concurrent input fetches (native mode).
     pub fetch_concurrency: usize,
+    /// Who actions run as, their network, and the caps.
+    pub isolation: Isolation,
 }
 
 /// Where an execution is and what is known of its timing; the worker's
@@ -100,11 +102,13 @@ fn now() -> Option<prost_types::Timestamp> {
     Some(SystemTime::now().into())
 }
 
-/// Runs one assignment to the end and describes the outcome. Dropping the
-/// future cancels the action (the runner kills the command); the directory
-/// is then removed by the caller's cleanup of the build directory.
+/// Runs one assignment in slot `slot` to the end and describes the
+/// outcome. Dropping the future cancels the action (the runner kills the
+/// command); the directory is then removed by the caller's cleanup of the
+/// build directory.
 pub async fn execute(
     env: &ActionEnvironment,
+    slot: usize,
     assignment: &WorkAssignment,
     progress: &watch::Sender<Progress>,
 ) -> ExecuteResponse {
@@ -114,24 +118,26 @@ pub async fn execute(
         worker_start_timestamp: now(),
         ..Default::default()
     };
-    let (result, status) = match run_stages(env, assignment, progress, &mut metadata).await {
-        Ok((result, timed_out)) => {
-            let status = if timed_out {
-                rpc::Status {
-                    code: Code::DeadlineExceeded as i32,
-                    message: format!(
-                        "the action ran longer than its timeout of {}s and was killed",
-                        assignment.timeout.map_or(0, |t| t.seconds)
-                    ),
-                    details: vec![],
-                }
-            } else {
-                rpc::Status::default()
-            };
-            (Some(result), status)
-        }
-        Err(status) => (None, rpc_status(&status)),
-    };
+    let identity = env.isolation.identity(slot);
+    let (result, status) =
+        match run_stages(env, identity, assignment, progress, &mut metadata).await {
+            Ok((result, timed_out)) => {
+                let status = if timed_out {
+                    rpc::Status {
+                        code: Code::DeadlineExceeded as i32,
+                        message: format!(
+                            "the action ran longer than its timeout of {}s and was killed",
+                            assignment.timeout.map_or(0, |t| t.seconds)
+                        ),
+                        details: vec![],
+                    }
+                } else {
+                    rpc::Status::default()
+                };
+                (Some(result), status)
+            }
+            Err(status) => (None, rpc_status(&status)),
+        };
     metadata.worker_completed_timestamp = now();
     ExecuteResponse {
         result: result.map(|mut r| {
@@ -165,6 +171,7 @@ fn naming_the_cas(status: Status, doing: &str, address: &str) -> Status {
 /// The stages; Ok carries the result and whether the command timed out.
 async fn run_stages(
     env: &ActionEnvironment,
+    identity: Identity,
     assignment: &WorkAssignment,
     progress: &watch::Sender<Progress>,
     metadata: &mut ExecutedActionMetadata,
@@ -179,6 +186,7 @@ async fn run_stages(
         .ok_or_else(|| Status::invalid_argument("the assignment carries no Command"))?;
     let input_root = Digest::from_proto(action.input_root_digest.as_ref())
         .map_err(|e| Status::invalid_argument(format!("input root: {e}")))?;
+    let host_network = env.isolation.host_network(action, command)?;
     let cas = env.cas.for_instance(&assignment.instance_name);
     let source: Arc<dyn BlobSource> = Arc::new(CasBlobSource::new(cas.clone()));
 
@@ -192,12 +200,18 @@ async fn run_stages(
         cas: &cas,
         mount: &env.mount,
         fetch_concurrency: env.fetch_concurrency,
+        identity,
+        limits: env.isolation.limits,
     };
     let directory = ActionDirectory::prepare(&context, &assignment.execution_id, input_root)
         .await
         .map_err(|e| naming_the_cas(e, "fetching inputs", &env.cas_address))?;
+    let sandbox = Sandbox {
+        identity,
+        host_network,
+    };
     let outcome = run_in(
-        env, assignment, command, &directory, &cas, progress, metadata,
+        env, assignment, command, &directory, sandbox, &cas, progress, metadata,
     )
     .await;
     let stats = directory.fetch_stats();
@@ -217,12 +231,21 @@ async fn run_stages(
     Ok((result, run.timed_out))
 }
 
+/// What the runner is told about the command's sandbox.
+#[derive(Clone, Copy)]
+struct Sandbox {
+    identity: Identity,
+    host_network: bool,
+}
+
 /// Everything between a prepared directory and its removal.
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     env: &ActionEnvironment,
     assignment: &WorkAssignment,
     command: &Command,
     directory: &ActionDirectory,
+    sandbox: Sandbox,
     cas: &CasClient,
     progress: &watch::Sender<Progress>,
     metadata: &mut ExecutedActionMetadata,
@@ -234,7 +257,7 @@ async fn run_in(
     metadata.execution_start_timestamp = now();
     let run = env
         .runner
-        .run(run_request(assignment, command, directory))
+        .run(run_request(assignment, command, directory, sandbox))
         .await?;
     metadata.execution_completed_timestamp = now();
 
@@ -243,12 +266,11 @@ async fn run_in(
     let captured = directory.capture(command).await?;
     let mut result = ActionResult::default();
     let mut blobs = captured.into_result(&mut result);
-    let stdout = log_blob(&directory.stdout_path()).await?;
-    let stderr = log_blob(&directory.stderr_path()).await?;
-    result.stdout_digest = Some(stdout.0.to_proto());
-    result.stderr_digest = Some(stderr.0.to_proto());
-    blobs.push((stdout.0, BlobData::Bytes(stdout.1)));
-    blobs.push((stderr.0, BlobData::Bytes(stderr.1)));
+    let (stdout, stderr) = directory.logs().await?;
+    result.stdout_digest = Some(stdout.digest.to_proto());
+    result.stderr_digest = Some(stderr.digest.to_proto());
+    blobs.push((stdout.digest, stdout.data));
+    blobs.push((stderr.digest, stderr.data));
     upload::upload_blobs(cas, blobs)
         .await
         .map_err(|e| naming_the_cas(e, "uploading outputs", &env.cas_address))?;
@@ -260,7 +282,11 @@ fn run_request(
     assignment: &WorkAssignment,
     command: &Command,
     directory: &ActionDirectory,
+    sandbox: Sandbox,
 ) -> RunRequest {
+    // A slot of its own names its user; otherwise the runner's configured
+    // user runs every command.
+    let own = sandbox.identity.own;
     let working_directory = directory.root().join(&command.working_directory);
     RunRequest {
         arguments: command.arguments.clone(),
@@ -277,18 +303,11 @@ fn run_request(
         stderr_path: directory.stderr_path().display().to_string(),
         timeout: assignment.timeout,
         input_root_directory: directory.root().display().to_string(),
-        ..Default::default()
+        uid: own.then_some(sandbox.identity.uid),
+        gid: own.then_some(sandbox.identity.gid),
+        host_network: sandbox.host_network,
+        temporary_directory: directory.tmp_path().display().to_string(),
     }
-}
-
-/// A log file's contents and digest; a missing file is an empty log.
-async fn log_blob(path: &std::path::Path) -> Result<(Digest, Bytes), Status> {
-    let data = match tokio::fs::read(path).await {
-        Ok(data) => Bytes::from(data),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Bytes::new(),
-        Err(e) => return Err(Status::internal(format!("reading {}: {e}", path.display()))),
-    };
-    Ok((Digest::of(&data), data))
 }
 
 fn report(

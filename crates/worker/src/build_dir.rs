@@ -1,14 +1,23 @@
 //! An action's directory on the worker, in either mode:
 //!
 //! ```text
-//! {build_directory}/{execution id}/
+//! {build_directory}/{execution id}/     root-owned; 0750 with the slot's own group
 //!     root/      the input root: a FUSE mount (virtual) or plain files (native)
-//!     scratch/   files the action writes, in virtual mode
+//!     scratch/   files the action writes, in virtual mode (root only)
+//!     tmp/       the action's /tmp, its user's alone
 //!     stdout, stderr
 //! ```
 //!
+//! When each slot has a user and group of its own, only root and that group
+//! may enter the action's directory, so an action running at the same time
+//! in another slot cannot reach this one's mount or files; the action itself
+//! may not rename or replace anything at this level. Every path below the
+//! input root is handled through [`crate::confined`]: the worker never
+//! follows a symlink the client or the action placed there.
+//!
 //! [`ActionDirectory::destroy`] unmounts and removes all of it.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +30,8 @@ use tonic::Status;
 
 use crate::action::missing_blob_status;
 use crate::config::BuildMode;
+use crate::confined::{self, ConfinedDir, CreateError};
+use crate::isolation::{Identity, Limits};
 use crate::native;
 use crate::outputs::{self, BlobData, CapturedOutputs};
 use crate::paths;
@@ -50,6 +61,10 @@ pub struct DirectoryContext<'a> {
     pub mount: &'a MountConfig,
     /// Concurrent input fetches (native mode).
     pub fetch_concurrency: usize,
+    /// Who the action runs as.
+    pub identity: Identity,
+    /// The caps.
+    pub limits: Limits,
 }
 
 /// One action's directory.
@@ -58,6 +73,15 @@ pub struct ActionDirectory {
     root: PathBuf,
     mount: Option<Mount>,
     native_stats: FetchStats,
+    limits: Limits,
+}
+
+/// A log file of the action, ready for upload.
+pub struct Log {
+    /// Its digest.
+    pub digest: Digest,
+    /// Where its bytes are.
+    pub data: BlobData,
 }
 
 impl ActionDirectory {
@@ -69,21 +93,29 @@ impl ActionDirectory {
     ) -> Result<Self, Status> {
         let base = context.build_directory.join(name);
         let root = base.join("root");
-        let io = |e: std::io::Error| {
-            Status::internal(format!("creating action directory {}: {e}", base.display()))
+        let identity = context.identity;
+        let created = {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || create_layout(&base, identity))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|made| made)
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&root)
-            .map_err(io)?;
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).map_err(io)?;
         let mut directory = ActionDirectory {
             base,
             root,
             mount: None,
             native_stats: FetchStats::default(),
+            limits: context.limits,
         };
+        if let Err(e) = created {
+            let status = Status::internal(format!(
+                "creating action directory {}: {e}",
+                directory.base.display()
+            ));
+            directory.destroy().await;
+            return Err(status);
+        }
         let prepared = match context.mode {
             BuildMode::Virtual => directory.mount(context, input_root).await,
             BuildMode::Native => directory.populate(context, input_root).await,
@@ -96,13 +128,18 @@ impl ActionDirectory {
     }
 
     async fn mount(&mut self, context: &DirectoryContext<'_>, root: Digest) -> Result<(), Status> {
+        let config = MountConfig {
+            input_uid: context.identity.uid,
+            input_gid: context.identity.gid,
+            ..context.mount.clone()
+        };
         let mount = Mount::new(
             &self.root,
             &self.base.join("scratch"),
             root,
             context.cache.clone(),
             context.source.clone(),
-            context.mount,
+            &config,
         )
         .await
         .map_err(|e| match e.missing_blob() {
@@ -127,7 +164,8 @@ impl ActionDirectory {
             context.cache,
             context.source,
             context.fetch_concurrency,
-            native::InputFiles::for_action_uid(context.mount.input_uid),
+            native::InputFiles::for_action_uid(context.identity.uid),
+            context.limits.max_input_entries,
         )
         .await?;
         self.native_stats = FetchStats {
@@ -150,6 +188,28 @@ impl ActionDirectory {
     /// Where the command's standard error goes.
     pub fn stderr_path(&self) -> PathBuf {
         self.base.join("stderr")
+    }
+
+    /// The directory the command sees as /tmp.
+    pub fn tmp_path(&self) -> PathBuf {
+        self.base.join("tmp")
+    }
+
+    /// The command's standard output and error, hashed from disk and never
+    /// read whole, each within `max_log_bytes`. A missing file is empty.
+    pub async fn logs(&self) -> Result<(Log, Log), Status> {
+        let base = self.base.clone();
+        let limit = self.limits.max_log_bytes;
+        tokio::task::spawn_blocking(move || {
+            let dir = ConfinedDir::open(&base)
+                .map_err(|e| Status::internal(format!("opening {}: {e}", base.display())))?;
+            Ok((
+                log(&dir, &base, "stdout", limit)?,
+                log(&dir, &base, "stderr", limit)?,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the action's logs: {e}")))?
     }
 
     /// Blobs and bytes fetched for this action's inputs so far.
@@ -179,7 +239,9 @@ impl ActionDirectory {
         )))
     }
 
-    /// Creates the parent directories of every declared output.
+    /// Creates the parent directories of every declared output, and the
+    /// working directory, never through a symlink: an output whose parents
+    /// hold an input symlink or file is INVALID_ARGUMENT naming it.
     ///
     /// In virtual mode these are requests to our own FUSE mount, which
     /// answers them with tokio tasks: the blocking calls go to the blocking
@@ -190,13 +252,28 @@ impl ActionDirectory {
         let working = paths::check_relative("working directory", &command.working_directory)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let root = self.root.clone();
+        let wanted = std::iter::once((
+            working,
+            format!("working directory {:?}", command.working_directory),
+        ))
+        .chain(
+            parents
+                .into_iter()
+                .map(|(dir, output)| (dir, format!("output path {output:?}"))),
+        )
+        .collect::<Vec<_>>();
         tokio::task::spawn_blocking(move || {
-            for dir in std::iter::once(working).chain(parents) {
-                create_writable(&root, &dir).map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "creating output directory {}: {e}",
+            let top = ConfinedDir::open(&root)
+                .map_err(|e| Status::internal(format!("opening {}: {e}", root.display())))?;
+            for (dir, what) in wanted {
+                confined::create_dirs(&top, &dir, 0o777).map_err(|e| match e {
+                    CreateError::Symlink(_) | CreateError::NotADirectory(_) => {
+                        Status::invalid_argument(format!("{what} cannot be created: {e}"))
+                    }
+                    CreateError::Io { .. } => Status::failed_precondition(format!(
+                        "creating the directory {} for {what}: {e}",
                         dir.display()
-                    ))
+                    )),
                 })?;
             }
             Ok(())
@@ -211,12 +288,18 @@ impl ActionDirectory {
             None => {
                 let root = self.root.clone();
                 let command = command.clone();
-                tokio::task::spawn_blocking(move || outputs::capture(&root, &command))
-                    .await
-                    .map_err(|e| Status::internal(format!("capturing outputs: {e}")))?
-                    .map_err(|e| Status::internal(e.to_string()))
+                let limit = self.limits.max_output_bytes;
+                let captured =
+                    tokio::task::spawn_blocking(move || outputs::capture(&root, &command, limit))
+                        .await
+                        .map_err(|e| Status::internal(format!("capturing outputs: {e}")))??;
+                Ok(captured)
             }
-            Some(mount) => capture_from_mount(mount, command).await,
+            Some(mount) => {
+                let captured = capture_from_mount(mount, command).await?;
+                check_output_bytes(&captured, self.limits.max_output_bytes)?;
+                Ok(captured)
+            }
         }
     }
 
@@ -230,25 +313,77 @@ impl ActionDirectory {
             tracing::warn!(dir = %self.base.display(), error = %e, "unmounting an action directory");
         }
         let base = self.base.clone();
-        let removed = tokio::task::spawn_blocking(move || fs::remove_dir_all(&base)).await;
+        let removed = tokio::task::spawn_blocking(move || confined::remove_tree(&base)).await;
         if let Ok(Err(e)) = removed {
             tracing::warn!(dir = %self.base.display(), error = %e, "removing an action directory");
         }
     }
 }
 
-/// Creates `relative` and its missing parents under `root`, each writable
-/// by the action's uid (the worker runs as root; the umask would narrow
-/// the mode, so it is set explicitly).
-fn create_writable(root: &Path, relative: &Path) -> std::io::Result<()> {
-    let mut path = root.to_path_buf();
-    for component in relative.components() {
-        path.push(component);
-        match fs::DirBuilder::new().mode(0o777).create(&path) {
-            Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(0o777))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-            Err(e) => return Err(e),
+/// Creates the action's directory and its fixed entries. With a user of
+/// its own, the directory is root's and open to the action's group only;
+/// otherwise to everyone, as the runner's one user must reach it.
+fn create_layout(base: &Path, identity: Identity) -> std::io::Result<()> {
+    let mode = if identity.own { 0o750 } else { 0o755 };
+    fs::DirBuilder::new().mode(mode).create(base)?;
+    fs::set_permissions(base, fs::Permissions::from_mode(mode))?;
+    if identity.own {
+        std::os::unix::fs::chown(base, Some(0), Some(identity.gid))?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(base.join("root"))?;
+    let tmp = base.join("tmp");
+    fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    // A worker that is not root runs actions as itself: nothing to give.
+    if identity.uid != rustix::process::geteuid().as_raw() {
+        std::os::unix::fs::chown(&tmp, Some(identity.uid), Some(identity.gid))?;
+    }
+    Ok(())
+}
+
+/// One log file of `dir`, hashed through a descriptor; over `limit` it is
+/// RESOURCE_EXHAUSTED naming the cap.
+fn log(dir: &ConfinedDir, base: &Path, name: &str, limit: u64) -> Result<Log, Status> {
+    let path = base.join(name);
+    let io = |e: std::io::Error| Status::internal(format!("reading {}: {e}", path.display()));
+    let file = match dir.open_file(OsStr::new(name)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Log {
+                digest: Digest::of(b""),
+                data: BlobData::Bytes(bytes::Bytes::new()),
+            });
         }
+        Err(e) => return Err(io(e)),
+    };
+    let size = file.metadata().map_err(io)?.len();
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "the action wrote {size} bytes to its {name}, more than this worker's max_log_bytes \
+             of {limit}"
+        )));
+    }
+    let digest = outputs::hash_reader(file).map_err(io)?;
+    Ok(Log {
+        digest,
+        data: BlobData::File(path),
+    })
+}
+
+/// Refuses captured outputs whose written files (the ones to upload) hold
+/// more than `limit` bytes.
+fn check_output_bytes(captured: &CapturedOutputs, limit: u64) -> Result<(), Status> {
+    let total = captured
+        .blobs
+        .iter()
+        .filter(|(_, data)| matches!(data, BlobData::File(_)))
+        .fold(0u64, |sum, (digest, _)| sum.saturating_add(digest.size()));
+    if total > limit {
+        return Err(Status::resource_exhausted(format!(
+            "the action's outputs hold at least {total} bytes, more than this worker's \
+             max_output_bytes of {limit}"
+        )));
     }
     Ok(())
 }

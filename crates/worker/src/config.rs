@@ -74,13 +74,51 @@ pub struct WorkerConfig {
     pub passthrough: bool,
     /// The runner's Unix socket.
     pub runner_socket: PathBuf,
-    /// The uid and gid commands run as (the runner's): input files are
+    /// The uid and gid commands run as (the runner's) when slots do not
+    /// have ids of their own (`isolate_slots = false`): input files are
     /// shown as theirs.
     #[serde(default = "nobody")]
     pub action_uid: u32,
     /// See `action_uid`.
     #[serde(default = "nogroup")]
     pub action_gid: u32,
+    /// Give each slot a user and group of its own, `first_slot_id + slot`
+    /// (uid and gid alike), so that actions running at the same time cannot
+    /// reach each other's files, mounts or processes: an action's directory
+    /// is open to root and its slot's group only, and its FUSE mount answers
+    /// only its slot's user. Needs a worker running as root and a runner
+    /// that allows these ids (its `slot_ids`). Default and recommended:
+    /// true. Off, every slot runs as `action_uid`.
+    #[serde(default = "default_true")]
+    pub isolate_slots: bool,
+    /// The id of slot 0 when `isolate_slots` is on; slots use the
+    /// following ones. Ids no one else on the host uses; workers sharing a
+    /// host need ranges that do not overlap. Default: 60000.
+    #[serde(default = "default_first_slot_id")]
+    pub first_slot_id: u32,
+    /// Let actions ask for the host's network with the platform property
+    /// `network = "host"`. Every other action runs in a network namespace
+    /// of its own with only loopback: it reaches nothing, not even services
+    /// on this host's loopback. The worker offers `network = ["none"]`, plus
+    /// `"host"` when this is on, so the scheduler sends it only actions it
+    /// takes. Default: false.
+    #[serde(default)]
+    pub allow_host_network: bool,
+    /// Most files, directories and symlinks an action's input tree may
+    /// hold, counted per path (a directory shared by many paths counts at
+    /// each). Over it the action fails with RESOURCE_EXHAUSTED. Default:
+    /// 200,000 (a C++ compile against all of Boost has about 16,500).
+    #[serde(default = "default_max_input_entries")]
+    pub max_input_entries: u64,
+    /// Most bytes of written output files an action may upload. Default:
+    /// 16 GiB.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// Most bytes an action may write to its standard output, and again to
+    /// its standard error. Logs go to the CAS streamed from disk, so this
+    /// guards the disk and the CAS, not memory. Default: 256 MiB.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
     /// Inputs downloaded at once in native mode. Recommended: 32.
     #[serde(default = "default_fetch_concurrency")]
     pub fetch_concurrency: usize,
@@ -122,6 +160,34 @@ fn default_fetch_concurrency() -> usize {
     32
 }
 
+/// The id of slot 0 when slots have ids of their own.
+pub const DEFAULT_FIRST_SLOT_ID: u32 = 60000;
+
+fn default_first_slot_id() -> u32 {
+    DEFAULT_FIRST_SLOT_ID
+}
+
+/// The default of `max_input_entries`.
+pub const DEFAULT_MAX_INPUT_ENTRIES: u64 = 200_000;
+
+fn default_max_input_entries() -> u64 {
+    DEFAULT_MAX_INPUT_ENTRIES
+}
+
+/// The default of `max_output_bytes`.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 30;
+
+fn default_max_output_bytes() -> u64 {
+    DEFAULT_MAX_OUTPUT_BYTES
+}
+
+/// The default of `max_log_bytes`.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 256 << 20;
+
+fn default_max_log_bytes() -> u64 {
+    DEFAULT_MAX_LOG_BYTES
+}
+
 impl WorkerConfig {
     /// Parses a TOML document; unknown keys are errors naming them.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
@@ -131,6 +197,29 @@ impl WorkerConfig {
     /// The CAS address in use.
     pub fn cas_address(&self) -> &str {
         self.cas.as_deref().unwrap_or(&self.scheduler)
+    }
+
+    /// The isolation policy these settings describe.
+    pub fn isolation(&self) -> crate::isolation::Isolation {
+        use crate::isolation::{Isolation, Limits, SlotIds};
+        Isolation {
+            ids: if self.isolate_slots {
+                SlotIds::PerSlot {
+                    first: self.first_slot_id,
+                }
+            } else {
+                SlotIds::Shared {
+                    uid: self.action_uid,
+                    gid: self.action_gid,
+                }
+            },
+            allow_host_network: self.allow_host_network,
+            limits: Limits {
+                max_input_entries: self.max_input_entries,
+                max_output_bytes: self.max_output_bytes,
+                max_log_bytes: self.max_log_bytes,
+            },
+        }
     }
 
     /// The worker id in use.

@@ -208,6 +208,7 @@ async fn start(config: WorkerConfig, health: Arc<Health>) -> Result<Shared, Work
             ..MountConfig::default()
         },
         fetch_concurrency: config.fetch_concurrency,
+        isolation: config.isolation(),
     };
     let scheduler = SchedulerClient::new(channel(&config.scheduler)?)
         .max_decoding_message_size(64 << 20)
@@ -250,7 +251,7 @@ async fn clean_build_directory(dir: &std::path::Path) {
             return;
         };
         for entry in entries.flatten() {
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            if let Err(e) = crate::confined::remove_tree(&entry.path()) {
                 tracing::warn!(path = %entry.path().display(), error = %e, "removing a leftover action directory");
             }
         }
@@ -314,7 +315,7 @@ impl Shared {
                 _ = closed.wait_for(|closed| *closed) => return,
             };
             if let Some(assignment) = assignment {
-                self.run_assignment(assignment).await;
+                self.run_assignment(slot, assignment).await;
             }
         }
     }
@@ -369,13 +370,14 @@ impl Shared {
         tokio::time::sleep(RETRY_DELAY).await;
     }
 
-    async fn run_assignment(self: &Arc<Self>, assignment: WorkAssignment) {
+    async fn run_assignment(self: &Arc<Self>, slot: usize, assignment: WorkAssignment) {
         let id = assignment.execution_id.clone();
         tracing::info!(execution = %id, attempt = assignment.attempt, "running an action");
         let (progress, watcher) = watch::channel(Progress::default());
         let shared = self.clone();
-        let task =
-            tokio::spawn(async move { action::execute(&shared.env, &assignment, &progress).await });
+        let task = tokio::spawn(async move {
+            action::execute(&shared.env, slot, &assignment, &progress).await
+        });
         self.running
             .lock()
             .expect("running table lock poisoned")
@@ -396,7 +398,8 @@ impl Shared {
                 tracing::info!(execution = %id, "action stopped before it finished (cancelled by the scheduler, or given back)");
                 let dir = self.config.build_directory.join(&id);
                 clean_build_directory(&dir).await;
-                let _ = tokio::fs::remove_dir_all(&dir).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || crate::confined::remove_tree(&dir)).await;
             }
         }
     }
@@ -467,9 +470,14 @@ impl Shared {
 }
 
 /// The configured platform, as REAPI wants it: sorted by name, then value.
+/// The configured platform, plus the `network` values this worker offers
+/// (unless the configuration names that property itself).
 fn platform(config: &WorkerConfig) -> Platform {
-    let mut properties: Vec<Property> = config
-        .platform
+    let mut offered = config.platform.clone();
+    offered
+        .entry(crate::isolation::NETWORK_PROPERTY.to_string())
+        .or_insert_with(|| config.isolation().network_values());
+    let mut properties: Vec<Property> = offered
         .iter()
         .flat_map(|(name, values)| {
             values.iter().map(move |value| Property {

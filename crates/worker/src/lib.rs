@@ -23,9 +23,11 @@
 pub mod action;
 pub mod build_dir;
 pub mod config;
+pub mod confined;
 pub mod daemon;
 pub mod drain;
 pub mod health;
+pub mod isolation;
 pub mod native;
 pub mod outputs;
 pub mod paths;

@@ -85,8 +85,9 @@ pub async fn populate(
     source: &Arc<dyn BlobSource>,
     concurrency: usize,
     files: InputFiles,
+    max_entries: u64,
 ) -> Result<NativeStats, Status> {
-    let entries = list_entries(root, cas, cache.directories()).await?;
+    let entries = list_entries(root, cas, cache.directories(), max_entries).await?;
     let mut wanted: Vec<Digest> = entries
         .iter()
         .filter_map(|e| match e {
@@ -145,12 +146,18 @@ pub async fn populate(
 /// Lists what to create for the whole tree, a level at a time: Directory
 /// messages the worker has seen before come from its DirectoryCache, the
 /// others are fetched with one BatchReadBlobs per level (and cached).
+/// Directories shared by many paths are listed once per path, so the count
+/// is checked against `max_entries` as the list grows, before anything is
+/// created: a few kilobytes of Directory messages can name millions of paths.
 async fn list_entries(
     root: Digest,
     cas: &CasClient,
     directories: &DirectoryCache,
+    max_entries: u64,
 ) -> Result<Vec<Entry>, Status> {
     let mut entries = Vec::new();
+    // Every path so far, the root included.
+    let mut listed: u64 = 1;
     let mut level: Vec<(PathBuf, Digest)> = vec![(PathBuf::new(), root)];
     let mut known: HashMap<Digest, Arc<Directory>> = HashMap::new();
     while !level.is_empty() {
@@ -185,23 +192,30 @@ async fn list_entries(
         let mut next = Vec::new();
         for (path, digest) in level {
             let directory = &known[&digest];
+            check_names(directory, digest)?;
+            let count =
+                directory.files.len() + directory.symlinks.len() + directory.directories.len();
+            listed = listed.saturating_add(count as u64);
+            if listed > max_entries {
+                return Err(too_many_entries(max_entries));
+            }
             entries.push(Entry::Dir(path.clone()));
             for f in &directory.files {
                 entries.push(Entry::File {
-                    path: path.join(checked_name(&f.name, digest)?),
-                    digest: Digest::from_proto(f.digest.as_ref())?,
+                    path: path.join(&f.name),
+                    digest: entry_digest(f.digest.as_ref(), &f.name, digest)?,
                     executable: f.is_executable,
                 });
             }
             for s in &directory.symlinks {
                 entries.push(Entry::Symlink {
-                    path: path.join(checked_name(&s.name, digest)?),
+                    path: path.join(&s.name),
                     target: s.target.clone(),
                 });
             }
             for d in &directory.directories {
-                let child = Digest::from_proto(d.digest.as_ref())?;
-                next.push((path.join(checked_name(&d.name, digest)?), child));
+                let child = entry_digest(d.digest.as_ref(), &d.name, digest)?;
+                next.push((path.join(&d.name), child));
             }
         }
         level = next;
@@ -209,14 +223,57 @@ async fn list_entries(
     Ok(entries)
 }
 
-/// An entry name must be one path component.
-fn checked_name(name: &str, directory: Digest) -> Result<&str, Status> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(Status::invalid_argument(format!(
-            "invalid input root: directory {directory} has an entry named {name:?}"
-        )));
+fn too_many_entries(limit: u64) -> Status {
+    Status::resource_exhausted(format!(
+        "the input root has more than {limit} files, directories and symlinks (counted per \
+         path), this worker's max_input_entries"
+    ))
+}
+
+/// The digest of entry `name` of Directory `directory`.
+fn entry_digest(
+    digest: Option<&lazybarn_proto::reapi::Digest>,
+    name: &str,
+    directory: Digest,
+) -> Result<Digest, Status> {
+    Digest::from_proto(digest).map_err(|e| {
+        Status::invalid_argument(format!(
+            "invalid input root: directory {directory} has an entry {name:?} with a bad digest: {e}"
+        ))
+    })
+}
+
+/// Every name of a Directory must be one path component, and appear once
+/// whatever its kind.
+fn check_names(directory: &Directory, digest: Digest) -> Result<(), Status> {
+    let names = directory
+        .files
+        .iter()
+        .map(|f| &f.name)
+        .chain(directory.symlinks.iter().map(|s| &s.name))
+        .chain(directory.directories.iter().map(|d| &d.name));
+    let mut seen = HashSet::new();
+    for name in names {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(Status::invalid_argument(format!(
+                "invalid input root: directory {digest} has an entry named {name:?}"
+            )));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "invalid input root: directory {digest} has two entries named {name:?}"
+            )));
+        }
     }
-    Ok(name)
+    for link in &directory.symlinks {
+        if link.target.is_empty() || link.target.contains('\0') {
+            return Err(Status::invalid_argument(format!(
+                "invalid input root: directory {digest} has a symlink {:?} with target {:?}",
+                link.name, link.target
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Creates every entry; returns the number of files.
@@ -260,9 +317,9 @@ fn materialize(
                     let copy = cache.executable_path(digest).map_err(|e| {
                         Status::internal(format!("laying out input {}: {e}", path.display()))
                     })?;
-                    fs::hard_link(&copy, &full).map_err(|e| io(path, e))?;
+                    link_or_copy(&copy, &full, 0o555).map_err(|e| io(path, e))?;
                 } else {
-                    fs::hard_link(&cached, &full).map_err(|e| io(path, e))?;
+                    link_or_copy(&cached, &full, 0o444).map_err(|e| io(path, e))?;
                 }
                 files += 1;
             }
@@ -272,6 +329,18 @@ fn materialize(
         }
     }
     Ok(files)
+}
+
+/// Hardlinks `from` at `to`; where the file has as many links as its
+/// filesystem allows (EMLINK, 65,000 on ext4), makes a read-only copy.
+fn link_or_copy(from: &Path, to: &Path, mode: u32) -> std::io::Result<()> {
+    match fs::hard_link(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+            fs::copy(from, to)?;
+            fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -341,9 +410,18 @@ mod tests {
 
         let first = dir.path().join("first");
         fs::create_dir(&first).expect("mkdir");
-        let stats = populate(&first, root, &cas, &cache, &source, 4, InputFiles::Linked)
-            .await
-            .expect("first layout");
+        let stats = populate(
+            &first,
+            root,
+            &cas,
+            &cache,
+            &source,
+            4,
+            InputFiles::Linked,
+            100,
+        )
+        .await
+        .expect("first layout");
         assert_eq!((stats.files, stats.files_fetched), (2, 2));
         assert_eq!(cache.directories().len(), 2);
 
@@ -352,9 +430,18 @@ mod tests {
         let _ = server.await;
         let second = dir.path().join("second");
         fs::create_dir(&second).expect("mkdir");
-        let stats = populate(&second, root, &cas, &cache, &source, 4, InputFiles::Linked)
-            .await
-            .expect("second layout, from the caches alone");
+        let stats = populate(
+            &second,
+            root,
+            &cas,
+            &cache,
+            &source,
+            4,
+            InputFiles::Linked,
+            100,
+        )
+        .await
+        .expect("second layout, from the caches alone");
         assert_eq!((stats.files, stats.files_fetched), (2, 0));
         assert_eq!(
             fs::read_to_string(second.join("sub/a.h")).expect("read"),

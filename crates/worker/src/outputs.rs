@@ -1,14 +1,16 @@
 //! Output capture from a plain directory (the native build-directory mode):
 //! after the command exits, each output the action declared is looked up,
 //! files are hashed, directories become REAPI `Tree` messages, and the
-//! blobs to upload are listed. Missing outputs are simply absent.
+//! blobs to upload are listed. Missing outputs are simply absent. Every
+//! lookup goes through [`crate::confined`]: an output whose parents hold a
+//! symlink is refused, and a directory of any depth is walked without
+//! recursion.
 //!
 //! Blocking file-system code: call it from `spawn_blocking`.
 
 use std::collections::HashSet;
-use std::fs;
+use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -19,7 +21,9 @@ use lazybarn_proto::reapi::{
     OutputSymlink, SymlinkNode, Tree,
 };
 use prost::Message;
+use rustix::fs::{FileType, Stat};
 
+use crate::confined::{ConfinedDir, Visitor, WalkError, walk};
 use crate::paths::{self, BadPath};
 
 /// What went wrong capturing an output.
@@ -36,6 +40,20 @@ pub enum CaptureError {
         /// What it is instead.
         reason: String,
     },
+    /// The outputs hold more bytes than the worker accepts.
+    #[error(
+        "the action's outputs hold at least {at_least} bytes, more than this worker's \
+         max_output_bytes of {limit}"
+    )]
+    TooLarge {
+        /// The cap.
+        limit: u64,
+        /// What was counted when it was passed.
+        at_least: u64,
+    },
+    /// The walk of an output directory failed.
+    #[error("reading an output directory: {0}")]
+    Walk(#[from] WalkError),
     /// Reading the output failed.
     #[error("reading output {path}: {source}")]
     Io {
@@ -147,7 +165,10 @@ impl From<CaptureError> for tonic::Status {
             CaptureError::BadPath(_) | CaptureError::WrongKind { .. } => {
                 tonic::Status::invalid_argument(e.to_string())
             }
-            CaptureError::Io { .. } => tonic::Status::internal(e.to_string()),
+            CaptureError::TooLarge { .. } => tonic::Status::resource_exhausted(e.to_string()),
+            CaptureError::Io { .. } | CaptureError::Walk(_) => {
+                tonic::Status::internal(e.to_string())
+            }
         }
     }
 }
@@ -176,72 +197,157 @@ pub fn declared_outputs(command: &Command) -> Vec<(&str, Declared)> {
 }
 
 /// The parent directories of every declared output, relative to the input
-/// root: the worker creates them before the command runs.
-pub fn output_parents(command: &Command) -> Result<Vec<PathBuf>, BadPath> {
-    let mut parents = Vec::new();
+/// root, each with the first output that needs it: the worker creates them
+/// before the command runs.
+pub fn output_parents(command: &Command) -> Result<Vec<(PathBuf, String)>, BadPath> {
+    let mut parents: Vec<(PathBuf, String)> = Vec::new();
     for (path, declared) in declared_outputs(command) {
         let full = paths::output_path(&command.working_directory, path)?;
         // REAPI: the directories named in output_directories themselves
         // are created too.
         if declared == Declared::Directory {
-            parents.push(full.clone());
+            parents.push((full.clone(), path.to_string()));
         }
         if let Some(parent) = full.parent() {
-            parents.push(parent.to_path_buf());
+            parents.push((parent.to_path_buf(), path.to_string()));
         }
     }
     parents.sort();
-    parents.dedup();
+    parents.dedup_by(|a, b| a.0 == b.0);
     Ok(parents)
 }
 
 /// Captures the declared outputs of `command` from the action directory
-/// `root` (the input root on disk).
-pub fn capture(root: &Path, command: &Command) -> Result<CapturedOutputs, CaptureError> {
+/// `root` (the input root on disk), never following a symlink on the way
+/// and never holding more than one directory open. Written files count
+/// against `max_output_bytes`.
+pub fn capture(
+    root: &Path,
+    command: &Command,
+    max_output_bytes: u64,
+) -> Result<CapturedOutputs, CaptureError> {
+    let top = ConfinedDir::open(root).map_err(|source| CaptureError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
     let mut out = CapturedOutputs::default();
     let mut seen = HashSet::new();
+    let mut budget = OutputBudget::new(max_output_bytes);
     for (path, declared) in declared_outputs(command) {
-        let full = root.join(paths::output_path(&command.working_directory, path)?);
-        let meta = match fs::symlink_metadata(&full) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(CaptureError::Io { path: full, source }),
+        let relative = paths::output_path(&command.working_directory, path)?;
+        let Some(found) = find_output(&top, &relative, path)? else {
+            continue;
         };
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            let symlink = OutputSymlink {
-                path: path.to_string(),
-                target: read_link(&full)?,
-                node_properties: None,
-            };
-            out.add_symlink(symlink, declared);
-        } else if kind.is_file() {
-            declared.check_file(path)?;
-            let digest = hash_file(&full)?;
-            out.files.push(OutputFile {
-                path: path.to_string(),
-                digest: Some(digest.to_proto()),
-                is_executable: is_executable(&meta),
-                ..Default::default()
-            });
-            add_blob(&mut out.blobs, &mut seen, digest, BlobData::File(full));
-        } else if kind.is_dir() {
-            declared.check_directory(path)?;
-            let mut children = TreeBuilder::default();
-            let root_dir = children.directory(&full, &mut out.blobs, &mut seen)?;
-            let tree = Tree {
-                root: Some(root_dir),
-                children: children.children,
-            };
-            out.add_directory(path, &tree, &mut seen);
-        } else {
-            return Err(wrong_kind(
-                path,
-                "is neither a file, a directory nor a symlink",
-            ));
+        let (dir, name, stat) = found;
+        let full = root.join(&relative);
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Symlink => {
+                let symlink = OutputSymlink {
+                    path: path.to_string(),
+                    target: read_link(&dir, &name, &full)?,
+                    node_properties: None,
+                };
+                out.add_symlink(symlink, declared);
+            }
+            FileType::RegularFile => {
+                declared.check_file(path)?;
+                budget.spend(stat.st_size as u64)?;
+                let digest = hash_entry(&dir, &name, &full)?;
+                out.files.push(OutputFile {
+                    path: path.to_string(),
+                    digest: Some(digest.to_proto()),
+                    is_executable: is_executable(&stat),
+                    ..Default::default()
+                });
+                add_blob(&mut out.blobs, &mut seen, digest, BlobData::File(full));
+            }
+            FileType::Directory => {
+                declared.check_directory(path)?;
+                let below = dir
+                    .open_dir(Path::new(&name))
+                    .map_err(|source| CaptureError::Io {
+                        path: full.clone(),
+                        source,
+                    })?;
+                let mut builder = TreeBuilder::new(full, &mut out.blobs, &mut seen, &mut budget);
+                walk(below, &mut builder)?;
+                let tree = builder.finish();
+                out.add_directory(path, &tree, &mut seen);
+            }
+            _ => {
+                return Err(wrong_kind(
+                    path,
+                    "is neither a file, a directory nor a symlink",
+                ));
+            }
         }
     }
     Ok(out)
+}
+
+/// The directory holding the output at `relative`, its name there and its
+/// status; `None` when it does not exist. A symlink or file among its
+/// parents is an error naming the output, not a path to follow.
+fn find_output(
+    top: &ConfinedDir,
+    relative: &Path,
+    declared: &str,
+) -> Result<Option<(ConfinedDir, std::ffi::OsString, Stat)>, CaptureError> {
+    let name = relative
+        .file_name()
+        .expect("output paths are checked non-empty")
+        .to_os_string();
+    let parent = relative.parent().unwrap_or(Path::new(""));
+    let dir = match top.open_dir(parent) {
+        Ok(dir) => dir,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EXDEV)
+            ) =>
+        {
+            return Err(CaptureError::BadPath(BadPath {
+                what: "output path",
+                path: declared.to_string(),
+                reason: "has a symlink or a file among its parents; the worker never follows one",
+            }));
+        }
+        Err(source) => {
+            return Err(CaptureError::Io {
+                path: parent.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let stat = dir.stat(&name).map_err(|source| CaptureError::Io {
+        path: relative.to_path_buf(),
+        source,
+    })?;
+    Ok(stat.map(|stat| (dir, name, stat)))
+}
+
+/// How many bytes of files the outputs may still hold.
+struct OutputBudget {
+    limit: u64,
+    spent: u64,
+}
+
+impl OutputBudget {
+    fn new(limit: u64) -> Self {
+        OutputBudget { limit, spent: 0 }
+    }
+
+    fn spend(&mut self, bytes: u64) -> Result<(), CaptureError> {
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > self.limit {
+            return Err(CaptureError::TooLarge {
+                limit: self.limit,
+                at_least: self.spent,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn wrong_kind(path: &str, reason: &str) -> CaptureError {
@@ -262,100 +368,140 @@ pub(crate) fn add_blob(
     }
 }
 
-/// Collects the descendants of an output directory, each once.
-#[derive(Default)]
-struct TreeBuilder {
+/// Builds an output directory's Tree as [`walk`] goes: a Directory message
+/// per directory on the current path, finished when the walk leaves it.
+struct TreeBuilder<'a> {
+    /// The output directory's path on disk, then the path of the directory
+    /// the walk is in.
+    path: PathBuf,
+    /// The Directory messages being built, the output directory first.
+    open: Vec<Directory>,
     children: Vec<Directory>,
-    seen: HashSet<Digest>,
+    seen_children: HashSet<Digest>,
+    blobs: &'a mut Vec<(Digest, BlobData)>,
+    seen_blobs: &'a mut HashSet<Digest>,
+    budget: &'a mut OutputBudget,
 }
 
-impl TreeBuilder {
-    /// The Directory message for `dir`, its descendants added to `children`.
-    fn directory(
-        &mut self,
-        dir: &Path,
-        blobs: &mut Vec<(Digest, BlobData)>,
-        seen_blobs: &mut HashSet<Digest>,
-    ) -> Result<Directory, CaptureError> {
-        let io = |source| CaptureError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let mut entries: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let path = entry.path();
-            let meta = fs::symlink_metadata(&path).map_err(|source| CaptureError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            entries.push((name, path, meta));
+impl<'a> TreeBuilder<'a> {
+    fn new(
+        path: PathBuf,
+        blobs: &'a mut Vec<(Digest, BlobData)>,
+        seen_blobs: &'a mut HashSet<Digest>,
+        budget: &'a mut OutputBudget,
+    ) -> Self {
+        TreeBuilder {
+            path,
+            open: vec![Directory::default()],
+            children: Vec::new(),
+            seen_children: HashSet::new(),
+            blobs,
+            seen_blobs,
+            budget,
         }
-        // REAPI requires the children of a Directory sorted by name.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut directory = Directory::default();
-        for (name, path, meta) in entries {
-            let kind = meta.file_type();
-            if kind.is_symlink() {
-                directory.symlinks.push(SymlinkNode {
-                    name,
-                    target: read_link(&path)?,
+    }
+
+    fn finish(mut self) -> Tree {
+        Tree {
+            root: self.open.pop(),
+            children: self.children,
+        }
+    }
+
+    fn current(&mut self) -> &mut Directory {
+        self.open
+            .last_mut()
+            .expect("the output directory stays open")
+    }
+}
+
+impl Visitor for TreeBuilder<'_> {
+    type Error = CaptureError;
+
+    // The walk reports names in order, so each list of the Directory comes
+    // out sorted, as REAPI requires.
+    fn entry(&mut self, dir: &ConfinedDir, name: &OsStr, stat: &Stat) -> Result<(), CaptureError> {
+        let path = self.path.join(name);
+        let text = name.to_string_lossy().into_owned();
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Symlink => {
+                let target = read_link(dir, name, &path)?;
+                self.current().symlinks.push(SymlinkNode {
+                    name: text,
+                    target,
                     node_properties: None,
                 });
-            } else if kind.is_file() {
-                let digest = hash_file(&path)?;
-                directory.files.push(FileNode {
-                    name,
+            }
+            FileType::RegularFile => {
+                self.budget.spend(stat.st_size as u64)?;
+                let digest = hash_entry(dir, name, &path)?;
+                self.current().files.push(FileNode {
+                    name: text,
                     digest: Some(digest.to_proto()),
-                    is_executable: is_executable(&meta),
+                    is_executable: is_executable(stat),
                     node_properties: None,
                 });
-                add_blob(blobs, seen_blobs, digest, BlobData::File(path));
-            } else if kind.is_dir() {
-                let child = self.directory(&path, blobs, seen_blobs)?;
-                let digest = Digest::of(&child.encode_to_vec());
-                if self.seen.insert(digest) {
-                    self.children.push(child);
-                }
-                directory.directories.push(DirectoryNode {
-                    name,
-                    digest: Some(digest.to_proto()),
-                });
-            } else {
+                add_blob(self.blobs, self.seen_blobs, digest, BlobData::File(path));
+            }
+            _ => {
                 return Err(CaptureError::WrongKind {
                     path: path.display().to_string(),
                     reason: "is neither a file, a directory nor a symlink".to_string(),
                 });
             }
         }
-        Ok(directory)
+        Ok(())
+    }
+
+    fn enter(&mut self, _: &ConfinedDir, name: &OsStr) -> Result<(), CaptureError> {
+        self.path.push(name);
+        self.open.push(Directory::default());
+        Ok(())
+    }
+
+    fn leave(&mut self, _: &ConfinedDir, name: &OsStr) -> Result<(), CaptureError> {
+        self.path.pop();
+        let child = self.open.pop().expect("entered before");
+        let digest = Digest::of(&child.encode_to_vec());
+        if self.seen_children.insert(digest) {
+            self.children.push(child);
+        }
+        self.current().directories.push(DirectoryNode {
+            name: name.to_string_lossy().into_owned(),
+            digest: Some(digest.to_proto()),
+        });
+        Ok(())
     }
 }
 
-fn is_executable(meta: &fs::Metadata) -> bool {
-    meta.permissions().mode() & 0o111 != 0
+fn is_executable(stat: &Stat) -> bool {
+    stat.st_mode & 0o111 != 0
 }
 
-fn read_link(path: &Path) -> Result<String, CaptureError> {
-    let target = fs::read_link(path).map_err(|source| CaptureError::Io {
+fn read_link(dir: &ConfinedDir, name: &OsStr, path: &Path) -> Result<String, CaptureError> {
+    let target = dir.read_link(name).map_err(|source| CaptureError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     Ok(target.to_string_lossy().into_owned())
 }
 
-/// Hashes a file in 1 MiB reads.
-pub fn hash_file(path: &Path) -> Result<Digest, CaptureError> {
+/// Hashes the regular file `name` of `dir`, opened without following a
+/// symlink.
+fn hash_entry(dir: &ConfinedDir, name: &OsStr, path: &Path) -> Result<Digest, CaptureError> {
     let io = |source| CaptureError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = fs::File::open(path).map_err(io)?;
+    hash_reader(dir.open_file(name).map_err(io)?).map_err(io)
+}
+
+/// Hashes everything `reader` gives, in 1 MiB reads.
+pub fn hash_reader(mut reader: impl Read) -> std::io::Result<Digest> {
     let mut hasher = DigestHasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(io)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             return Ok(hasher.finish());
         }
@@ -381,6 +527,9 @@ mod tests {
         }
     }
 
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
     fn write(path: &Path, data: &[u8], mode: u32) {
         fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         fs::write(path, data).expect("write");
@@ -400,7 +549,7 @@ mod tests {
             &[],
             "pkg",
         );
-        let captured = capture(root.path(), &cmd).expect("capture");
+        let captured = capture(root.path(), &cmd, u64::MAX).expect("capture");
         let files: Vec<_> = captured
             .files
             .iter()
@@ -425,7 +574,7 @@ mod tests {
         write(&out.join("z"), b"top", 0o755);
         symlink("z", out.join("y")).expect("symlink");
         let cmd = command(&[], &[], &["out"], "");
-        let captured = capture(root.path(), &cmd).expect("capture");
+        let captured = capture(root.path(), &cmd, u64::MAX).expect("capture");
         assert_eq!(captured.directories.len(), 1);
         let tree_digest = captured.directories[0].tree_digest.clone().expect("tree");
         let (_, tree_bytes) = captured
@@ -457,11 +606,98 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         write(&root.path().join("f"), b"x", 0o644);
         fs::create_dir(root.path().join("d")).expect("mkdir");
-        let err = capture(root.path(), &command(&[], &["f"], &[], "")).expect_err("file as dir");
+        let err = capture(root.path(), &command(&[], &["f"], &[], ""), u64::MAX)
+            .expect_err("file as dir");
         assert!(err.to_string().contains("\"f\""), "{err}");
-        assert!(capture(root.path(), &command(&["d"], &[], &[], "")).is_err());
-        let err = capture(root.path(), &command(&["../etc/passwd"], &[], &[], "")).expect_err("..");
+        assert!(capture(root.path(), &command(&["d"], &[], &[], ""), u64::MAX).is_err());
+        let err = capture(
+            root.path(),
+            &command(&["../etc/passwd"], &[], &[], ""),
+            u64::MAX,
+        )
+        .expect_err("..");
         assert!(err.to_string().contains(".."), "{err}");
+    }
+
+    #[test]
+    fn outputs_behind_a_symlink_are_refused_not_followed() {
+        let secret = tempfile::tempdir().expect("tempdir");
+        write(&secret.path().join("secret"), b"root only", 0o600);
+        let root = tempfile::tempdir().expect("tempdir");
+        symlink(secret.path(), root.path().join("o")).expect("symlink");
+        write(&root.path().join("f"), b"file", 0o644);
+        for output in ["o/secret", "f/x"] {
+            let err = capture(root.path(), &command(&[output], &[], &[], ""), u64::MAX)
+                .expect_err("through a symlink or file");
+            assert!(matches!(err, CaptureError::BadPath(_)), "{err}");
+            assert!(err.to_string().contains(output), "{err}");
+        }
+        // A symlink that is itself the output is reported, not followed.
+        let captured =
+            capture(root.path(), &command(&["o"], &[], &[], ""), u64::MAX).expect("symlink output");
+        assert_eq!(captured.file_symlinks.len(), 1);
+        assert!(captured.blobs.is_empty());
+    }
+
+    #[test]
+    fn a_very_deep_output_directory_is_captured_on_a_small_stack() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut dir = rustix::fs::openat(
+            rustix::fs::CWD,
+            root.path(),
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open");
+        rustix::fs::mkdirat(&dir, "out", rustix::fs::Mode::from_raw_mode(0o755)).expect("mkdir");
+        let depth = 20_000;
+        for name in std::iter::once("out").chain(std::iter::repeat_n("d", depth)) {
+            if name == "d" {
+                rustix::fs::mkdirat(&dir, "d", rustix::fs::Mode::from_raw_mode(0o755))
+                    .expect("mkdir");
+            }
+            dir = rustix::fs::openat(
+                &dir,
+                name,
+                rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .expect("open");
+        }
+        let cmd = command(&[], &["out"], &[], "");
+        let root_path = root.path().to_path_buf();
+        let captured = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || capture(&root_path, &cmd, u64::MAX))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow")
+            .expect("captured");
+        let (_, BlobData::Bytes(bytes)) = &captured.blobs[0] else {
+            panic!("the tree is in memory");
+        };
+        let tree = Tree::decode(bytes.clone()).expect("tree");
+        assert_eq!(tree.children.len(), depth, "one Directory per level");
+        crate::confined::remove_tree(root.path()).expect("removed");
+    }
+
+    #[test]
+    fn outputs_over_max_output_bytes_are_refused_naming_the_cap() {
+        let root = tempfile::tempdir().expect("tempdir");
+        write(&root.path().join("out/a"), &[1u8; 600], 0o644);
+        write(&root.path().join("out/b"), &[2u8; 600], 0o644);
+        let cmd = command(&[], &[], &["out"], "");
+        let err = capture(root.path(), &cmd, 1000).expect_err("1200 bytes over 1000");
+        assert!(matches!(err, CaptureError::TooLarge { .. }), "{err}");
+        assert!(
+            err.to_string().contains("max_output_bytes of 1000"),
+            "{err}"
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::ResourceExhausted
+        );
+        capture(root.path(), &cmd, 1200).expect("exactly at the cap");
     }
 
     #[test]
@@ -471,15 +707,15 @@ mod tests {
         assert_eq!(
             parents,
             vec![
-                PathBuf::from("wd/a/b"),
-                PathBuf::from("wd/gen"),
-                PathBuf::from("wd/gen/dir")
+                (PathBuf::from("wd/a/b"), "a/b/c.o".to_string()),
+                (PathBuf::from("wd/gen"), "gen/dir".to_string()),
+                (PathBuf::from("wd/gen/dir"), "gen/dir".to_string())
             ]
         );
         let modern = command(&["ignored/x"], &[], &["p/q"], "");
         assert_eq!(
             output_parents(&modern).expect("parents"),
-            vec![PathBuf::from("p")]
+            vec![(PathBuf::from("p"), "p/q".to_string())]
         );
     }
 }

@@ -126,6 +126,12 @@ impl Farm {
             action_gid: 65534,
             fetch_concurrency: 8,
             drain_timeout: options.drain_timeout,
+            isolate_slots: true,
+            first_slot_id: lazybarn_worker::config::DEFAULT_FIRST_SLOT_ID,
+            allow_host_network: false,
+            max_input_entries: lazybarn_worker::config::DEFAULT_MAX_INPUT_ENTRIES,
+            max_output_bytes: lazybarn_worker::config::DEFAULT_MAX_OUTPUT_BYTES,
+            max_log_bytes: lazybarn_worker::config::DEFAULT_MAX_LOG_BYTES,
         };
         let (stop_worker, stop_level) = watch::channel(Stop::Run);
         let worker = tokio::spawn(async move {
