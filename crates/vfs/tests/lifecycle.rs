@@ -11,7 +11,9 @@ use std::sync::Arc;
 use common::{CountingSource, Fixture, TestCas, open_tempdir, runtime, sh, write_files};
 use lazybarn_cas::Digest;
 use lazybarn_proto::reapi::{Directory, FileNode};
-use lazybarn_vfs::{BlobCache, BlobSource, Mount, MountConfig, VfsError, clean_stale_mounts};
+use lazybarn_vfs::{
+    BlobCache, BlobSource, FailureKind, Mount, MountConfig, VfsError, clean_stale_mounts,
+};
 use prost::Message;
 
 fn mounted(path: &std::path::Path) -> bool {
@@ -117,6 +119,8 @@ fn cas_errors_return_eio_and_are_recorded() {
     let failures = f.mount().failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].digest, bad);
+    assert_eq!(failures[0].kind, FailureKind::Unavailable);
+    assert_eq!(failures[0].code(), tonic::Code::Unavailable);
     assert!(
         failures[0].message.contains("injected failure"),
         "{failures:?}"
@@ -165,8 +169,8 @@ fn try_mount(root: Directory, extra: Vec<(Digest, bytes::Bytes)>) -> Result<Moun
 }
 
 #[test]
-fn invalid_input_roots_are_refused() {
-    for name in ["..", "a/b", "", "."] {
+fn invalid_input_roots_are_refused_as_invalid_arguments() {
+    for name in ["..", "a/b", "", ".", "nul\0"] {
         let root = Directory {
             files: vec![FileNode {
                 name: name.to_string(),
@@ -176,8 +180,15 @@ fn invalid_input_roots_are_refused() {
             }],
             ..Default::default()
         };
+        let digest = Digest::of(&root.encode_to_vec());
         match try_mount(root, vec![]) {
-            Err(VfsError::InvalidInputRoot(why)) => assert!(why.contains("invalid name"), "{why}"),
+            Err(err @ VfsError::InvalidInputRoot(_)) => {
+                let why = err.to_string();
+                assert!(why.contains("invalid name"), "{why}");
+                assert!(why.contains(&format!("{name:?}")), "{why}");
+                assert!(why.contains(&digest.to_string()), "{why}");
+                assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            }
             Err(other) => panic!("{name:?}: {other}"),
             Ok(_) => panic!("{name:?} was mounted"),
         }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use lazybarn_cas::server::{self, Storage};
 use lazybarn_cas::{CasClient, Digest};
 use lazybarn_proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
-use lazybarn_vfs::{BlobCache, BlobSource, CasBlobSource, Mount, MountConfig};
+use lazybarn_vfs::{BlobCache, BlobSource, CasBlobSource, Mount, MountConfig, VfsError};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::runtime::Runtime;
@@ -141,6 +141,30 @@ fn add_dir(dir: &Path, blobs: &mut BTreeMap<Digest, Bytes>, tree: &mut UploadedT
     digest
 }
 
+/// The tree of hand-made Directory messages: `root` and every other one it
+/// names (files' blobs are not included unless given in `files`).
+pub fn tree_of_messages(root: &Directory, others: &[Directory], files: &[&[u8]]) -> UploadedTree {
+    let encode = |d: &Directory| {
+        let bytes = Bytes::from(d.encode_to_vec());
+        (Digest::of(&bytes), bytes)
+    };
+    let (root, root_bytes) = encode(root);
+    let mut blobs = vec![(root, root_bytes)];
+    blobs.extend(others.iter().map(encode));
+    blobs.extend(
+        files
+            .iter()
+            .map(|f| (Digest::of(f), Bytes::copy_from_slice(f))),
+    );
+    UploadedTree {
+        root,
+        blobs,
+        file_bytes: files.iter().map(|f| f.len() as u64).sum(),
+        files: files.len(),
+        directories: others.len() + 1,
+    }
+}
+
 /// The tree of a root directory holding `dir` under the name `name`.
 pub fn tree_with(name: &str, dir: &Path) -> UploadedTree {
     let mut tree = tree_of(dir);
@@ -237,6 +261,7 @@ pub fn open_tempdir() -> tempfile::TempDir {
 /// A CAS holding one tree, a cache and a mount of the tree.
 pub struct Fixture {
     pub mount: Option<Mount>,
+    pub config: MountConfig,
     pub tree: UploadedTree,
     pub source: Arc<CountingSource>,
     pub cache: Arc<BlobCache>,
@@ -253,6 +278,15 @@ impl Fixture {
 
     /// Uploads `tree` and mounts it.
     pub fn with_tree(tree: UploadedTree, passthrough: bool) -> Self {
+        let config = MountConfig {
+            passthrough,
+            ..MountConfig::default()
+        };
+        Self::with_config(tree, config).expect("mount")
+    }
+
+    /// Uploads `tree` and mounts it with `config`.
+    pub fn with_config(tree: UploadedTree, config: MountConfig) -> Result<Self, VfsError> {
         let rt = runtime();
         let cas = rt.block_on(async {
             let cas = TestCas::start().await;
@@ -267,6 +301,7 @@ impl Fixture {
         let cache = BlobCache::open(&dir.path().join("cache"), 1 << 34).expect("cache");
         let mut fixture = Fixture {
             mount: None,
+            config,
             tree,
             source,
             cache,
@@ -274,12 +309,17 @@ impl Fixture {
             cas,
             rt,
         };
-        fixture.remount(passthrough);
-        fixture
+        fixture.try_remount()?;
+        Ok(fixture)
     }
 
     /// Unmounts (if mounted) and mounts the tree again on a fresh directory.
     pub fn remount(&mut self, passthrough: bool) {
+        self.config.passthrough = passthrough;
+        self.try_remount().expect("mount");
+    }
+
+    fn try_remount(&mut self) -> Result<(), VfsError> {
         if let Some(mount) = self.mount.take() {
             self.rt.block_on(mount.unmount()).expect("unmount");
         }
@@ -291,23 +331,17 @@ impl Fixture {
         fs::create_dir(&point).expect("mkdir");
         fs::set_permissions(&point, fs::Permissions::from_mode(0o755)).expect("chmod");
         let scratch = self.dir.path().join(format!("scratch-{n}"));
-        let config = MountConfig {
-            passthrough,
-            ..MountConfig::default()
-        };
         let source: Arc<dyn BlobSource> = self.source.clone();
-        let mount = self
-            .rt
-            .block_on(Mount::new(
-                &point,
-                &scratch,
-                self.tree.root,
-                self.cache.clone(),
-                source,
-                &config,
-            ))
-            .expect("mount");
+        let mount = self.rt.block_on(Mount::new(
+            &point,
+            &scratch,
+            self.tree.root,
+            self.cache.clone(),
+            source,
+            &self.config,
+        ))?;
         self.mount = Some(mount);
+        Ok(())
     }
 
     pub fn mount(&self) -> &Mount {
@@ -330,12 +364,17 @@ impl Drop for Fixture {
 
 /// Runs a shell command (as `uid` when given) in `dir`.
 pub fn sh(dir: &Path, uid: Option<u32>, script: &str) -> Output {
-    let mut command = match uid {
-        Some(uid) => {
+    sh_as(dir, uid.map(|uid| (uid, uid)), script)
+}
+
+/// Runs a shell command (as `(uid, gid)` when given) in `dir`.
+pub fn sh_as(dir: &Path, ids: Option<(u32, u32)>, script: &str) -> Output {
+    let mut command = match ids {
+        Some((uid, gid)) => {
             let mut c = Command::new("setpriv");
             c.args([
                 format!("--reuid={uid}"),
-                format!("--regid={uid}"),
+                format!("--regid={gid}"),
                 "--clear-groups".to_string(),
                 "sh".to_string(),
             ]);
