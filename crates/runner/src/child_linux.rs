@@ -164,7 +164,7 @@ pub(crate) struct ChildPlan {
     /// runner's.
     pub sandbox: Option<SandboxPlan>,
     /// The command's resource limits, as (`RLIMIT_*`, soft and hard value).
-    pub limits: [(u32, u64); 4],
+    pub limits: [(libc::__rlimit_resource_t, u64); 4],
 }
 
 /// What init sets up in the command's new mount and network namespaces.
@@ -176,6 +176,10 @@ pub(crate) struct SandboxPlan {
     pub temporary_source: *const c_char,
     /// Where the temporary directory goes.
     pub temporary_target: *const c_char,
+    /// An entry of /tmp to keep visible, or null for none.
+    pub kept_source: *const c_char,
+    /// Where in the temporary directory that entry is bind-mounted first.
+    pub kept_target: *const c_char,
     /// Whether the tree gets a network namespace of its own (and init
     /// brings up its loopback interface).
     pub private_network: bool,
@@ -430,12 +434,7 @@ unsafe fn set_up_sandbox(sandbox: SandboxPlan, errors: c_int) {
         }
         if !sandbox.temporary_source.is_null() {
             check(
-                mount_on(
-                    sandbox.temporary_target,
-                    sandbox.temporary_source,
-                    ptr::null(),
-                    libc::MS_BIND,
-                ),
+                mount_temporary_directory(sandbox),
                 errors,
                 SetupStep::MountTemporaryDirectory,
             );
@@ -445,6 +444,43 @@ unsafe fn set_up_sandbox(sandbox: SandboxPlan, errors: c_int) {
         if sandbox.private_network {
             check(bring_up_loopback(), errors, SetupStep::Loopback);
         }
+    }
+}
+
+/// Bind-mounts the temporary directory on /tmp. If the action's own
+/// directory lies under /tmp, that entry of /tmp is bind-mounted into the
+/// temporary directory first (on a directory made for it there), and comes
+/// along with the recursive bind, so the command finds its inputs at the
+/// same paths while the rest of the host's /tmp is out of sight.
+unsafe fn mount_temporary_directory(sandbox: SandboxPlan) -> c_long {
+    let recursive_bind = libc::MS_BIND | libc::MS_REC;
+    unsafe {
+        if !sandbox.kept_source.is_null() {
+            let made = libc::syscall(
+                libc::SYS_mkdirat,
+                libc::AT_FDCWD,
+                sandbox.kept_target,
+                0o700,
+            );
+            if made < 0 && errno() != libc::EEXIST {
+                return made;
+            }
+            let kept = mount_on(
+                sandbox.kept_target,
+                sandbox.kept_source,
+                ptr::null(),
+                recursive_bind,
+            );
+            if kept < 0 {
+                return kept;
+            }
+        }
+        mount_on(
+            sandbox.temporary_target,
+            sandbox.temporary_source,
+            ptr::null(),
+            recursive_bind,
+        )
     }
 }
 

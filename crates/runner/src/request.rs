@@ -49,6 +49,12 @@ pub struct SandboxSpec {
     /// The request's `temporary_directory` and where it is bind-mounted
     /// (`/tmp`, or the input root's `tmp` with chroot).
     pub temporary_directory: Option<(CString, CString)>,
+    /// When the input root (or, without one, the working directory) lies
+    /// under the /tmp that the temporary directory covers: the entry of /tmp
+    /// that holds it, and the directory in the temporary directory where it
+    /// is bind-mounted first, so that the command still finds it at its
+    /// path.
+    pub kept_under_tmp: Option<(CString, CString)>,
     /// Whether the command gets a network namespace with only loopback.
     pub private_network: bool,
 }
@@ -266,6 +272,20 @@ fn sandbox(
         None => Some(PathBuf::from("/proc")),
         Some(root) => Some(root.join("proc")).filter(|path| is_real_directory(path)),
     };
+    let kept_under_tmp = match (&temporary_directory, chroot) {
+        (Some(source), None) => {
+            let inside = request_root(request);
+            entry_of_tmp(&inside)
+                .map(|name| {
+                    Ok::<_, RunError>((
+                        path_c_string("input root", &Path::new("/tmp").join(name))?,
+                        path_c_string("temporary_directory", &source.join(name))?,
+                    ))
+                })
+                .transpose()?
+        }
+        _ => None,
+    };
     let temporary_directory = match temporary_directory {
         None => None,
         Some(source) => {
@@ -290,8 +310,27 @@ fn sandbox(
             .map(|path| path_c_string("proc target", &path))
             .transpose()?,
         temporary_directory,
+        kept_under_tmp,
         private_network: !request.host_network,
     }))
+}
+
+/// The directory the command works in: its input root, or its working
+/// directory when it has none.
+fn request_root(request: &RunRequest) -> PathBuf {
+    match request.input_root_directory.as_str() {
+        "" => PathBuf::from(&request.working_directory),
+        root => PathBuf::from(root),
+    }
+}
+
+/// The name of the entry of /tmp that `path` lies in, if it lies below
+/// /tmp (the worker's build directory may be there).
+fn entry_of_tmp(path: &Path) -> Option<&std::ffi::OsStr> {
+    match path.strip_prefix("/tmp").ok()?.components().next()? {
+        Component::Normal(name) => Some(name),
+        _ => None,
+    }
 }
 
 impl CommandSpec {
@@ -549,7 +588,25 @@ mod tests {
             Some((c"/tmp".to_owned(), c"/tmp".to_owned()))
         );
         assert_eq!(sandbox.proc_target, Some(c"/proc".to_owned()));
+        assert_eq!(
+            sandbox.kept_under_tmp, None,
+            "the working directory is /tmp"
+        );
         assert!(sandbox.private_network);
+        let work = tempfile::tempdir_in("/tmp").expect("tempdir");
+        std::fs::create_dir(work.path().join("tmp")).expect("mkdir");
+        req.working_directory = work.path().display().to_string();
+        req.temporary_directory = work.path().join("tmp").display().to_string();
+        let spec = CommandSpec::from_request(&req, POLICY).expect("valid");
+        let name = work.path().file_name().expect("a name");
+        let (kept, mountpoint) = spec
+            .sandbox
+            .expect("on")
+            .kept_under_tmp
+            .expect("under /tmp");
+        assert_eq!(kept.to_bytes(), work.path().as_os_str().as_encoded_bytes());
+        let inside = work.path().join("tmp").join(name);
+        assert_eq!(mountpoint.to_bytes(), inside.as_os_str().as_encoded_bytes());
         let off = CommandPolicy {
             mount_and_network_namespaces: false,
             ..POLICY

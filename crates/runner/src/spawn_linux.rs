@@ -115,6 +115,10 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
                 Some((source, target)) => (source.as_ptr(), target.as_ptr()),
                 None => (ptr::null(), ptr::null()),
             };
+            let (kept_source, kept_target) = match &sandbox.kept_under_tmp {
+                Some((source, target)) => (source.as_ptr(), target.as_ptr()),
+                None => (ptr::null(), ptr::null()),
+            };
             SandboxPlan {
                 proc_target: sandbox
                     .proc_target
@@ -122,6 +126,8 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
                     .map_or(ptr::null(), |c| c.as_ptr()),
                 temporary_source,
                 temporary_target,
+                kept_source,
+                kept_target,
                 private_network: sandbox.private_network,
             }
         }),
@@ -148,14 +154,13 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
 }
 
 /// The command's limits as (`RLIMIT_*`, value) pairs for the child.
-fn resource_limits(limits: Limits) -> [(u32, u64); 4] {
+fn resource_limits(limits: Limits) -> [(libc::__rlimit_resource_t, u64); 4] {
     [
         (libc::RLIMIT_NPROC, limits.max_processes),
         (libc::RLIMIT_NOFILE, limits.max_open_files),
         (libc::RLIMIT_FSIZE, limits.max_file_size_bytes),
         (libc::RLIMIT_CORE, 0),
     ]
-    .map(|(resource, value)| (resource as u32, value))
 }
 
 fn open_null(write: bool) -> Result<File, RunError> {

@@ -6,14 +6,11 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use lazybarn_proto::runner::CheckReadinessRequest;
-use lazybarn_proto::runner::runner_client::RunnerClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_distinct_clear_statuses_and_the_runner_stays_up() {
@@ -284,45 +281,6 @@ async fn chroot_runs_the_command_inside_its_input_root() {
         .await
         .expect_err("input root required");
     assert_eq!(status.code(), Code::InvalidArgument);
-}
-
-/// Starts the `lazybarn-runner` binary with `args` and waits until it answers.
-async fn start_binary(
-    socket: &Path,
-    args: &[&std::ffi::OsStr],
-) -> (tokio::process::Child, RunnerClient<Channel>) {
-    start_binary_as(socket, args, None).await
-}
-
-/// [`start_binary`] as user and group `uid`, or as root.
-async fn start_binary_as(
-    socket: &Path,
-    args: &[&std::ffi::OsStr],
-    uid: Option<u32>,
-) -> (tokio::process::Child, RunnerClient<Channel>) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lazybarn-runner"));
-    if let Some(uid) = uid {
-        command.uid(uid).gid(uid);
-    }
-    let daemon = command
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start lazybarn-runner");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut client) = lazybarn_runner::client::connect(socket).await {
-            let ready = client
-                .check_readiness(CheckReadinessRequest::default())
-                .await;
-            if ready.is_ok() {
-                return (daemon, client);
-            }
-        }
-        assert!(Instant::now() < deadline, "runner did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

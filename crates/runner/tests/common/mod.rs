@@ -168,3 +168,42 @@ pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
 pub fn read_text(path: impl AsRef<Path>) -> String {
     String::from_utf8(read(path)).expect("output is UTF-8")
 }
+
+/// Starts the `lazybarn-runner` binary with `args` and waits until it answers.
+pub async fn start_binary(
+    socket: &Path,
+    args: &[&std::ffi::OsStr],
+) -> (tokio::process::Child, RunnerClient<Channel>) {
+    start_binary_as(socket, args, None).await
+}
+
+/// [`start_binary`] as user and group `uid`, or as root.
+pub async fn start_binary_as(
+    socket: &Path,
+    args: &[&std::ffi::OsStr],
+    uid: Option<u32>,
+) -> (tokio::process::Child, RunnerClient<Channel>) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lazybarn-runner"));
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let daemon = command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start lazybarn-runner");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut client) = lazybarn_runner::client::connect(socket).await {
+            let ready = client
+                .check_readiness(lazybarn_proto::runner::CheckReadinessRequest::default())
+                .await;
+            if ready.is_ok() {
+                return (daemon, client);
+            }
+        }
+        assert!(Instant::now() < deadline, "runner did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
