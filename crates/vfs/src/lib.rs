@@ -13,7 +13,8 @@
 //!   REAPI CAS through `lazybarn_cas::CasClient`.
 //! - Inside a mount, the node table (`node`) holds every inode; input
 //!   directories are filled from their Directory message on first use
-//!   (`input_tree`); requests are served by `fs` over `core`, split into
+//!   (`input_tree`, which checks names and counts entries against the cap);
+//!   `fs` checks the caller with `access`, then serves requests over `core`, split into
 //!   reads (`ops_read`) and changes (`ops_write`); open files live in
 //!   `handles`; outputs are captured by walking the table (`capture`).
 //!
@@ -21,6 +22,23 @@
 //! else (directories, new files) is writable, backed by a per-mount scratch
 //! directory. No FUSE request thread ever waits on the network: requests
 //! that need a fetch are answered from a tokio task.
+//!
+//! What a client or an action controls is bounded:
+//! - Who: with [`MountConfig::allowed_uid`], `fs` asks `access` (the one
+//!   policy) before each request and answers any uid but that one and the
+//!   worker's own with EACCES; the root directory is that uid's, 0700.
+//! - How much: a mount loads at most [`MountConfig::max_input_entries`]
+//!   input entries; past it, `Mount::new` fails, or a request gets ENOSPC.
+//! - How deep: nothing recurses over a tree (input loading is one Directory
+//!   at a time, capture copies and builds a directory's Tree from a flat
+//!   list, the node table is flat), so no depth overflows the stack.
+//!
+//! Every failure has a [`FailureKind`], which gives the gRPC code the
+//! worker answers with: [`VfsError::code`] for an error `Mount::new` or
+//! `Mount::capture` returns, [`FetchFailure::code`] for a load that failed
+//! while the action ran (`Mount::failures`): a missing blob is
+//! FAILED_PRECONDITION, a failing CAS UNAVAILABLE, an invalid input root
+//! INVALID_ARGUMENT, an input root over the cap RESOURCE_EXHAUSTED.
 
 mod access;
 mod blob_cache;
