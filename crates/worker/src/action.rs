@@ -217,9 +217,14 @@ async fn run_stages(
     let stats = directory.fetch_stats();
     let fetch_failure = directory.first_fetch_failure();
     directory.destroy().await;
+    if let Some((failure, true)) = fetch_failure {
+        // The command saw only part of an invalid or oversized input tree,
+        // whatever came of it.
+        return Err(failure);
+    }
     let (mut result, run) = outcome?;
-    if run.exit_code != 0
-        && let Some(failure) = fetch_failure
+    if let Some((failure, _)) = fetch_failure
+        && run.exit_code != 0
     {
         // The command most likely failed because an input read got EIO.
         return Err(failure);

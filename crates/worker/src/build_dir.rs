@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use lazybarn_cas::{CasClient, Digest};
 use lazybarn_proto::reapi::{Command, OutputFile, OutputSymlink};
-use lazybarn_vfs::{BlobCache, BlobLocation, BlobSource, CapturedOutput, Mount, MountConfig};
+use lazybarn_vfs::{
+    BlobCache, BlobLocation, BlobSource, CapturedOutput, FailureKind, Mount, MountConfig,
+};
 use tonic::Status;
 
 use crate::action::missing_blob_status;
@@ -131,6 +133,8 @@ impl ActionDirectory {
         let config = MountConfig {
             input_uid: context.identity.uid,
             input_gid: context.identity.gid,
+            allowed_uid: context.identity.own.then_some(context.identity.uid),
+            max_input_entries: context.limits.max_input_entries,
             ..context.mount.clone()
         };
         let mount = Mount::new(
@@ -144,7 +148,7 @@ impl ActionDirectory {
         .await
         .map_err(|e| match e.missing_blob() {
             Some(digest) => missing_blob_status(digest),
-            None => Status::internal(format!("mounting the input root {root}: {e}")),
+            None => Status::new(e.code(), format!("mounting the input root {root}: {e}")),
         })?;
         self.mount = Some(mount);
         Ok(())
@@ -226,17 +230,26 @@ impl ActionDirectory {
         }
     }
 
-    /// A CAS read that failed while the command ran (virtual mode), which
+    /// What went wrong fetching or loading inputs while the command ran
+    /// (virtual mode), and whether it decides the outcome whatever the
+    /// command's exit code: an invalid input tree or one over the cap means
+    /// the command saw only part of its inputs, while a failed CAS read only
     /// explains a command that failed on EIO.
-    pub fn first_fetch_failure(&self) -> Option<Status> {
+    pub fn first_fetch_failure(&self) -> Option<(Status, bool)> {
         let failure = self.mount.as_ref()?.failures().into_iter().next()?;
-        if failure.missing {
-            return Some(missing_blob_status(failure.digest));
-        }
-        Some(Status::unavailable(format!(
-            "reading input {} from the CAS failed while the action ran: {}",
-            failure.digest, failure.message
-        )))
+        let status = match failure.kind {
+            FailureKind::Missing => missing_blob_status(failure.digest),
+            FailureKind::Unavailable => Status::unavailable(format!(
+                "reading input {} from the CAS failed while the action ran: {}",
+                failure.digest, failure.message
+            )),
+            _ => Status::new(failure.code(), failure.message.clone()),
+        };
+        let decisive = matches!(
+            failure.kind,
+            FailureKind::InvalidInput | FailureKind::TooLarge
+        );
+        Some((status, decisive))
     }
 
     /// Creates the parent directories of every declared output, and the
