@@ -54,8 +54,13 @@ fn only_the_action_uid_is_served(passthrough: bool) {
     let root = fs::metadata(f.path("")).expect("stat the root as root");
     assert_eq!((root.uid(), root.mode() & 0o777), (ACTION.0, 0o700));
 
-    // The kernel keeps the stranger out of the private root.
-    refused(&f, STRANGER, "stat $m/a.txt");
+    // The kernel keeps the stranger out of the private root, even from a
+    // name it has cached (a stat of which never reaches the mount).
+    assert_eq!(
+        fs::read_to_string(f.path("a.txt")).expect("read as root"),
+        "a"
+    );
+    refused(&f, STRANGER, "stat --cached=always -c %s $m/a.txt");
     refused(&f, STRANGER, "cat $m/a.txt");
     refused(&f, STRANGER, "ls $m/sub");
 
@@ -63,7 +68,7 @@ fn only_the_action_uid_is_served(passthrough: bool) {
     // refuses every request of the stranger. These names are not in the
     // kernel's caches yet, so each check reaches the mount.
     fs::set_permissions(f.path(""), fs::Permissions::from_mode(0o755)).expect("chmod as root");
-    refused(&f, STRANGER, "stat $m/a.txt");
+    refused(&f, STRANGER, "stat $m/c.txt");
     refused(&f, STRANGER, "cat $m/sub/b.txt");
     refused(&f, STRANGER, "ls $m/sub");
     refused(&f, STRANGER, "mkdir $m/theirs");
