@@ -74,11 +74,13 @@ impl RunnerDaemon {
     }
 }
 
-/// The policy `config` asks for, if this process can carry it out. Root can
+/// The policy `config` asks for, if this process can carry it out: what
+/// [`RunnerDaemon::bind`] serves with, public for benchmarks and embedders
+/// that call [`run_command`](crate::execution::run_command) directly. Root can
 /// run commands as any user; any other user only as itself (so it accepts
 /// no `slot_ids`), each command in a user namespace of its own, and without
 /// chroot.
-fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError> {
+pub fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError> {
     let credentials = config.credentials()?;
     config.slot_ids.validate()?;
     let root = nix::unistd::geteuid().is_root();
