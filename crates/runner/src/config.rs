@@ -51,7 +51,10 @@ pub struct RunnerConfig {
 
     /// Whether to chroot each command into its request's input root. The
     /// root must then hold everything the command needs (a toolchain, shared
-    /// libraries). Default: false.
+    /// libraries). Default: false. With `mount_and_network_namespaces`, the
+    /// fresh proc goes on the root's own `proc` directory if it has one (else
+    /// the command has no /proc), and a request's `temporary_directory` on
+    /// its `tmp` directory, which must then exist.
     #[serde(default)]
     pub chroot_into_input_root: bool,
 

@@ -10,15 +10,32 @@
 //!   configured group, may connect) and serves [`service::RunnerService`].
 //! - [`request::CommandSpec`] checks a `RunRequest` and prepares everything
 //!   the child needs; [`program`] resolves `arguments[0]` as REAPI says.
-//! - [`spawn_linux`] starts the command in a PID namespace of its own, as the
-//!   configured uid and gid; [`child_linux`] is what runs in the new
-//!   processes before `execve`. [`process_tree::ProcessTree`] waits for the
+//! - [`request::command_credentials`] decides the uid and gid: the
+//!   configured ones, or one of the `slot_ids` a worker gives each slot.
+//! - [`spawn_linux`] starts the command in its sandbox, as that uid and gid;
+//!   [`child_linux`] is what runs in the new processes before `execve`. [`process_tree::ProcessTree`] waits for the
 //!   command and kills its whole tree on timeout, on cancellation (drop) and
 //!   when the command exits.
 //! - [`execution`] ties these together for one request, and
 //!   [`resource_usage`] reports what the command used.
 //! - [`readiness`] answers `CheckReadiness`; [`client`] is how a worker
 //!   connects; [`config::RunnerConfig`] is the daemon's configuration.
+//!
+//! Every command runs in a sandbox, set up between the clone and `execve`:
+//!
+//! - a PID namespace of its own, whose death takes every process with it;
+//! - a mount namespace of its own, with a fresh /proc that shows only the
+//!   command's processes (no other command's `/proc/PID/environ` is within
+//!   reach) and, if the request names one, its `temporary_directory` on
+//!   /tmp;
+//! - a network namespace of its own with nothing but loopback, unless the
+//!   request sets `host_network`;
+//! - `no_new_privs`, so that no setuid binary or file capability raises it;
+//! - resource limits from [`config::Limits`], and no core dumps.
+//!
+//! The mount and network namespaces can be turned off for hosts that refuse
+//! them (`mount_and_network_namespaces`). `benches/sandbox.rs` measures what
+//! the sandbox costs per command.
 //!
 //! Run as root, the runner runs commands as any configured user and may
 //! chroot them. Run as another user, it runs commands as that same user
