@@ -143,6 +143,11 @@ impl LazybarnUp {
         &self.process
     }
 
+    /// The exit status if `lazybarn up` has exited (crashed), else None.
+    pub fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.process.exit_status()
+    }
+
     /// Stops `lazybarn up` with SIGTERM and checks that it exited cleanly,
     /// left no mount under its build directory and no runner behind.
     pub fn stop(mut self) -> Result<()> {

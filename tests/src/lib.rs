@@ -12,12 +12,15 @@
 //! - [`bazel`] sets up a small offline C++ workspace and runs Bazel in it with
 //!   an output root of its own;
 //! - [`summary`] reads the process counts Bazel prints after a build;
-//! - [`outputs`] compares the files two builds produced.
+//! - [`outputs`] compares the files two builds produced;
+//! - [`remote`] plays a REAPI client by hand (upload a tree, Execute, read
+//!   the result), for actions no Bazel rule would send.
 
 pub mod bazel;
 pub mod binaries;
 pub mod cluster;
 pub mod outputs;
+pub mod remote;
 pub mod server;
 pub mod summary;
 pub mod system;

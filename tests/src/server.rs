@@ -70,6 +70,11 @@ impl ServerProcess {
         )
     }
 
+    /// The exit status if the process has exited, else None.
+    pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// The rest of the readiness line, after the marker (usually an address).
     pub fn announced(&self) -> &str {
         &self.announced

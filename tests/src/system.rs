@@ -1,5 +1,5 @@
 //! What a test can see of the machine after a server stopped: the mounts
-//! and processes it may have left behind.
+//! and processes it may have left behind; and, while it runs, its memory.
 
 use std::fs;
 use std::path::Path;
@@ -62,6 +62,20 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The peak resident set size of process `pid` (`VmHWM` in
+/// `/proc/PID/status`), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("Failed to read {path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .with_context(|| format!("{path} has no VmHWM line"))?;
+    Ok(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +91,7 @@ mod tests {
         assert!(fuse_connections_under(Path::new("/nonexistent-lazybarn"))?.is_empty());
         let marker = format!("lazybarn-marker-{}", std::process::id());
         assert!(processes_mentioning(&marker).is_empty());
+        assert!(peak_rss_bytes(std::process::id())? > 0);
         Ok(())
     }
 }
