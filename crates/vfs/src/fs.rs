@@ -1,5 +1,6 @@
-//! The fuser `Filesystem` implementation: negotiates the kernel connection
-//! and hands each request to [`VfsCore`]. Requests that may need the network
+//! The fuser `Filesystem` implementation: negotiates the kernel connection,
+//! refuses callers the mount's [`AccessPolicy`] does not serve, and hands
+//! each other request to [`VfsCore`]. Requests that may need the network
 //! return at once; the core answers them from a tokio task.
 
 use std::ffi::OsStr;
