@@ -273,6 +273,35 @@ async fn chroot_runs_the_command_inside_its_input_root() {
         format!("/work\n{}\n", top.join(" "))
     );
 
+    // With proc and tmp directories in the root, the command gets a fresh
+    // /proc and the temporary directory there, and the host sees neither.
+    for dir in ["proc", "tmp"] {
+        std::fs::create_dir(root.path().join(dir)).expect("mkdir");
+    }
+    let tmp = writable_work_dir();
+    let mut req = request(
+        &root.path().join("work"),
+        &["dash", "-c", "echo /proc/[0-9]*; echo hello > /tmp/f"],
+    );
+    req.environment_variables = vec![env("PATH", "/bin")];
+    req.input_root_directory = root.path().display().to_string();
+    req.temporary_directory = tmp.path().display().to_string();
+    req.stdout_path = outputs.path().join("stdout").display().to_string();
+    req.stderr_path = outputs.path().join("stderr").display().to_string();
+    let response = runner.client.run(req).await.expect("runs").into_inner();
+    assert_eq!(response.exit_code, 0, "{response:?}");
+    assert_eq!(
+        read_text(outputs.path().join("stdout")),
+        "/proc/1 /proc/2\n"
+    );
+    assert_eq!(read_text(tmp.path().join("f")), "hello\n");
+    for dir in ["proc", "tmp"] {
+        let left = std::fs::read_dir(root.path().join(dir))
+            .expect("list")
+            .count();
+        assert_eq!(left, 0, "a mount on {dir} reached the host");
+    }
+
     let mut req = request(root.path(), &["true"]);
     req.input_root_directory.clear();
     let status = runner
