@@ -40,8 +40,10 @@ pub struct DiskActionCache {
 
 impl DiskActionCache {
     /// Opens (creating if needed) an Action Cache under `dir`, removing
-    /// unfinished writes left by a crash.
+    /// unfinished writes left by a crash. `dir` is made 0700, like the
+    /// store's.
     pub fn open(dir: &Path) -> Result<Self> {
+        crate::store::create_private_dir(dir)?;
         let tmp = dir.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)

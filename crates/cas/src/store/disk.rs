@@ -48,10 +48,22 @@ struct Index {
     bytes: u64,
 }
 
+/// Creates `dir` if needed and makes it its owner's alone (0700). Build
+/// commands run on the same hosts as unprivileged users; the store holds
+/// every client's blobs, which no action may list or read from here.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).map_err(|e| CasError::io(format!("creating {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| CasError::io(format!("making {} private", dir.display()), e))
+}
+
 impl DiskStore {
     /// Opens (creating if needed) a store under `dir` holding at most
-    /// `max_bytes`: removes unfinished writes and rebuilds the index.
+    /// `max_bytes`: removes unfinished writes and rebuilds the index. `dir`
+    /// is made 0700.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self> {
+        create_private_dir(dir)?;
         let blobs_dir = dir.join("blobs");
         let tmp_dir = dir.join("tmp");
         if tmp_dir.exists() {
@@ -492,7 +504,11 @@ mod tests {
     use crate::store::conformance;
 
     fn open(dir: &Path, max: u64) -> DiskStore {
-        DiskStore::open(dir, max).expect("open store")
+        let store = DiskStore::open(dir, max).expect("open store");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir).expect("store dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "no other user may read the blobs");
+        store
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use disk::DiskStore;
+pub(crate) use disk::create_private_dir;
 pub use memory::MemoryStore;
 pub use remote::RemoteStore;
 
