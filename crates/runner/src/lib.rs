@@ -13,7 +13,8 @@
 //! - [`request::command_credentials`] decides the uid and gid: the
 //!   configured ones, or one of the `slot_ids` a worker gives each slot.
 //! - [`spawn_linux`] starts the command in its sandbox, as that uid and gid;
-//!   [`child_linux`] is what runs in the new processes before `execve`. [`process_tree::ProcessTree`] waits for the
+//!   [`child_linux`] is what runs in the new processes before `execve`,
+//!   and `sandbox_linux` the part of it that mounts and brings up loopback. [`process_tree::ProcessTree`] waits for the
 //!   command and kills its whole tree on timeout, on cancellation (drop) and
 //!   when the command exits.
 //! - [`execution`] ties these together for one request, and
@@ -55,6 +56,7 @@ pub mod program;
 pub mod readiness;
 pub mod request;
 pub mod resource_usage;
+mod sandbox_linux;
 pub mod server;
 pub mod service;
 pub mod socket;
