@@ -75,6 +75,8 @@ pub enum SetupStep {
     Limits = 15,
     /// Setting `no_new_privs`.
     NoNewPrivs = 16,
+    /// Init mounting an empty tmpfs on /dev/shm.
+    MountShm = 17,
 }
 
 impl SetupStep {
@@ -98,6 +100,7 @@ impl SetupStep {
             Loopback,
             Limits,
             NoNewPrivs,
+            MountShm,
         ]
         .into_iter()
         .find(|step| *step as u32 == raw)
@@ -128,6 +131,7 @@ impl SetupStep {
             SetupStep::Loopback => "bringing up loopback in the command's network namespace",
             SetupStep::Limits => "setting the resource limits (prlimit64)",
             SetupStep::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
+            SetupStep::MountShm => "mounting an empty tmpfs on /dev/shm",
         }
     }
 }
@@ -222,7 +226,10 @@ pub(crate) unsafe fn clone_process_tree(plan: &ChildPlan) -> SpawnReply {
         flags |= libc::CLONE_NEWUSER as u64;
     }
     if let Some(sandbox) = plan.sandbox {
-        flags |= libc::CLONE_NEWNS as u64;
+        // A mount namespace for its own /proc, /tmp and /dev/shm, and an IPC
+        // namespace so that System V IPC and POSIX message queues of
+        // concurrent commands never meet.
+        flags |= (libc::CLONE_NEWNS | libc::CLONE_NEWIPC) as u64;
         if sandbox.private_network {
             flags |= libc::CLONE_NEWNET as u64;
         }

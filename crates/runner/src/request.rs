@@ -55,6 +55,9 @@ pub struct SandboxSpec {
     /// is bind-mounted first, so that the command still finds it at its
     /// path.
     pub kept_under_tmp: Option<(CString, CString)>,
+    /// Where an empty tmpfs is mounted for the command's POSIX shared
+    /// memory: `/dev/shm` when the host has it; `None` with chroot.
+    pub shm_target: Option<CString>,
     /// Whether the command gets a network namespace with only loopback.
     pub private_network: bool,
 }
@@ -311,6 +314,8 @@ fn sandbox(
             .transpose()?,
         temporary_directory,
         kept_under_tmp,
+        shm_target: (chroot.is_none() && is_real_directory(Path::new("/dev/shm")))
+            .then(|| c"/dev/shm".to_owned()),
         private_network: !request.host_network,
     }))
 }

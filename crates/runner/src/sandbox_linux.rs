@@ -24,6 +24,9 @@ pub(crate) struct SandboxPlan {
     pub kept_source: *const c_char,
     /// Where in the temporary directory that entry is bind-mounted first.
     pub kept_target: *const c_char,
+    /// Where an empty tmpfs goes for POSIX shared memory (`/dev/shm`), or
+    /// null for none.
+    pub shm_target: *const c_char,
     /// Whether the tree gets a network namespace of its own (and init
     /// brings up its loopback interface).
     pub private_network: bool,
@@ -65,6 +68,21 @@ pub(crate) unsafe fn set_up_sandbox(sandbox: SandboxPlan, errors: c_int) {
                 mount_on(sandbox.proc_target, proc, proc, flags),
                 errors,
                 SetupStep::MountProc,
+            );
+        }
+        if !sandbox.shm_target.is_null() {
+            // The host's /dev/shm is one world-writable directory for every
+            // process; a command's shared memory stays its own.
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            check(
+                mount_on(
+                    sandbox.shm_target,
+                    c"tmpfs".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    flags,
+                ),
+                errors,
+                SetupStep::MountShm,
             );
         }
         if !sandbox.temporary_source.is_null() {

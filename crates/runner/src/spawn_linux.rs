@@ -4,10 +4,11 @@
 //! Every command gets a process tree of its own:
 //!
 //! ```text
-//! runner ──clone(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET)──▶ init
+//! runner ──clone(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET)──▶ init
 //!     init: pid 1 of a new PID namespace, stays root, blocks all signals;
-//!           makes every mount a slave, mounts a fresh /proc and the
-//!           temporary directory on /tmp, brings up loopback; reaps orphans
+//!           makes every mount a slave, mounts a fresh /proc, an empty
+//!           /dev/shm and the temporary directory on /tmp, brings up
+//!           loopback; reaps orphans
 //!      └─clone──▶ command: pid 2, own session, chroot, chdir, limits,
 //!                 drops to the request's uid/gid, no_new_privs, execve
 //! ```
@@ -21,7 +22,9 @@
 //! network namespace holds only `lo`, which init brings up, so a command
 //! reaches neither the outside nor services on the host's loopback (such as
 //! the scheduler's port); `host_network` leaves it out (`CLONE_NEWNET` is
-//! then not set). With `chroot_into_input_root`, /proc and /tmp go on the
+//! then not set). Shared memory is kept apart the same way: an empty tmpfs
+//! on /dev/shm and an IPC namespace of its own (System V segments,
+//! semaphores and POSIX message queues). With `chroot_into_input_root`, /proc and /tmp go on the
 //! input root's own `proc` and `tmp` directories, if it has them, never
 //! through a symlink; a root without `proc` gives the command no /proc.
 //! When the action's directory lies under /tmp itself, that entry of /tmp
@@ -161,6 +164,10 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
                 temporary_target,
                 kept_source,
                 kept_target,
+                shm_target: sandbox
+                    .shm_target
+                    .as_ref()
+                    .map_or(ptr::null(), |c| c.as_ptr()),
                 private_network: sandbox.private_network,
             }
         }),

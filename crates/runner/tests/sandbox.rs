@@ -88,6 +88,51 @@ async fn another_commands_processes_and_environment_are_out_of_sight() {
     assert_eq!(left, Vec::<u32>::new(), "A is killed when its call goes");
 }
 
+/// Leaves a file in /dev/shm and a System V shared memory segment, then
+/// waits: what command A does while B looks.
+const LEAVE_SHARED_MEMORY: &str =
+    "echo secret > /dev/shm/$MARKER_NAME && ipcmk -M 4096 && sleep 30";
+
+/// What B finds of them.
+const LOOK_FOR_SHARED_MEMORY: &str = "ls -A /dev/shm; ipcs -m | grep -c '^0x' || true";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_memory_and_ipc_of_another_command_are_out_of_sight() {
+    let mut runner = start_runner().await;
+    let work_a = work_dir();
+    let marker = unique_marker();
+    let name = format!("lazybarn-shm-{marker}");
+    let mut a = with_marker(
+        request(work_a.path(), &["bash", "-c", LEAVE_SHARED_MEMORY]),
+        &marker,
+    );
+    a.environment_variables.push(env("MARKER_NAME", &name));
+    let mut client = runner.client.clone();
+    let call_a = tokio::spawn(async move { client.run(a).await });
+    wait_for_processes(&marker, 1, Duration::from_secs(10)).await;
+    // A's sleep starts after its file and segment exist.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !read_text(work_a.path().join("stdout")).contains("Shared memory id") {
+        assert!(std::time::Instant::now() < deadline, "A made no segment");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let work_b = work_dir();
+    run_ok(
+        &mut runner.client,
+        request(work_b.path(), &["bash", "-c", LOOK_FOR_SHARED_MEMORY]),
+    )
+    .await;
+    let output = read_text(work_b.path().join("stdout"));
+    assert_eq!(output, "0\n", "B saw A's /dev/shm or segment");
+    assert!(
+        !Path::new("/dev/shm").join(&name).exists(),
+        "A's /dev/shm file reached the host's"
+    );
+    call_a.abort();
+    wait_for_no_processes(&marker, Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_namespaces_can_be_turned_off() {
     let mut runner = start_runner_with(|config| config.mount_and_network_namespaces = false).await;
