@@ -98,8 +98,17 @@ impl CacheState {
 impl BlobCache {
     /// Opens (creating if needed) the cache under `root`, holding at most
     /// `max_bytes` of unpinned blobs. Blobs left by a previous run are kept,
-    /// oldest first out; half-written temporary files are removed.
+    /// oldest first out; half-written temporary files are removed. `root`
+    /// is made 0700: actions reach the blobs they were given through their
+    /// mount or their hardlinks, and may not list or read the others.
     pub fn open(root: &Path, max_bytes: u64) -> Result<Arc<Self>> {
+        fs::create_dir_all(root)
+            .map_err(|e| VfsError::io(format!("creating {}", root.display()), e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| VfsError::io(format!("making {} private", root.display()), e))?;
+        }
         let blobs = root.join("blobs");
         let tmp = root.join("tmp");
         if tmp.exists() {
@@ -460,6 +469,12 @@ mod tests {
         let blobs: Vec<_> = (0..4u8).map(|i| source.add(vec![i; 100])).collect();
         let source: Arc<dyn BlobSource> = source.clone();
         let cache = BlobCache::open(dir.path(), 250).expect("open");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path())
+            .expect("cache")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "no action may list the cache");
         runtime().block_on(async {
             let results =
                 futures::future::join_all((0..8).map(|_| cache.pin(blobs[0], &source))).await;
