@@ -65,6 +65,9 @@ const BIG_LOG_BYTES: u64 = 600 << 20;
 /// handles [`BIG_LOG_BYTES`] of log: half the log, well above its idle size.
 const MAX_PEAK_RSS: u64 = 300 << 20;
 
+/// How long a process whose connection broke may take to exit.
+const DYING_TIME: Duration = Duration::from_secs(10);
+
 /// A log cap below [`BIG_LOG_BYTES`]: 256 MiB.
 const SMALL_LOG_CAP: u64 = 256 << 20;
 
@@ -166,7 +169,7 @@ fn an_action_cannot_reach_the_scheduler_to_poison_the_action_cache() -> Result<(
             .with_context(|| format!("the victim has no result: {victim:?}"))?;
         let output = remote.output_file(result, VICTIM_OUTPUT)?;
         ensure!(
-            output.as_deref() == Some(VICTIM_CONTENTS.as_bytes()),
+            output.as_deref() == Some(format!("{VICTIM_LINE}\n").as_bytes()),
             "the victim's Execute returned {VICTIM_OUTPUT} = {output:?} (cached {}), \
              planted by another action through the scheduler's port; the attacker: {}",
             victim.cached_result,
@@ -265,7 +268,7 @@ fn a_100000_deep_output_tree_does_not_take_the_node_down() -> Result<()> {
         );
         let spec = ActionSpec::shell(&script).outputs(&["out"]);
         let outcome = remote.execute(&spec, WAIT);
-        if let Some(status) = up.exit_status()? {
+        if let Some(status) = exit_status_after(&mut up, outcome.is_err())? {
             bail!(
                 "lazybarn up died ({status}) after an action made a \
                  {DEEP_TREE_DEPTH}-deep output tree (Execute: {outcome:?}); its log:\n{}",
@@ -527,7 +530,7 @@ fn ensure_node_works(remote: &Remote) -> Result<()> {
 
 /// The victim's declared output and what it really writes there.
 const VICTIM_OUTPUT: &str = "result.txt";
-const VICTIM_CONTENTS: &str = "the victim's real result\n";
+const VICTIM_LINE: &str = "the real result of the victim";
 
 /// What the attacker plants instead.
 const POISONED_CONTENTS: &str = "planted by another action";
@@ -542,12 +545,9 @@ struct PoisonAttack {
 impl PoisonAttack {
     /// Uploads the victim's action and an input root holding the attack binary.
     fn prepare(remote: &Remote, url: &str) -> Result<Self> {
-        let victim = ActionSpec::shell(&format!(
-            "printf %s \"{}\" > {VICTIM_OUTPUT}",
-            VICTIM_CONTENTS.replace('\n', "\\n")
-        ))
-        .outputs(&[VICTIM_OUTPUT])
-        .cacheable();
+        let victim = ActionSpec::shell(&format!("echo '{VICTIM_LINE}' > {VICTIM_OUTPUT}"))
+            .outputs(&[VICTIM_OUTPUT])
+            .cacheable();
         let victim = remote.put_action(&victim)?;
         let binary = fs::read(POISON_BINARY)
             .with_context(|| format!("Failed to read the attack binary {POISON_BINARY}"))?;
@@ -674,6 +674,29 @@ fn ensure_captured_or_refused(
         _ => ensure!(!message.is_empty(), "refused with {code:?} and no message"),
     }
     Ok(())
+}
+
+/// How `lazybarn up` exited, if it did; after a failed call it gets a few
+/// seconds to finish dying (a stack overflow's abort is not instant).
+fn exit_status_after(
+    up: &mut LazybarnUp,
+    call_failed: bool,
+) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now()
+        + if call_failed {
+            DYING_TIME
+        } else {
+            Duration::ZERO
+        };
+    loop {
+        if let Some(status) = up.exit_status()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Checks that no directory under `build_dir` is more than 50 levels deep.
