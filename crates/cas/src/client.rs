@@ -8,6 +8,7 @@
 //! once with context naming the call and the blob.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -339,14 +340,19 @@ impl CasClient {
         Ok(())
     }
 
-    fn write_requests(&self, digest: Digest, chunks: Vec<Bytes>) -> Vec<WriteRequest> {
-        let name = format!(
+    /// A fresh ByteStream resource name to upload `digest` under.
+    fn upload_name(&self, digest: Digest) -> String {
+        format!(
             "{}uploads/{}/blobs/{}/{}",
             instance_prefix(&self.instance),
             uuid::Uuid::new_v4(),
             digest.hash_hex(),
             digest.size()
-        );
+        )
+    }
+
+    fn write_requests(&self, digest: Digest, chunks: Vec<Bytes>) -> Vec<WriteRequest> {
+        let name = self.upload_name(digest);
         let mut offset = 0;
         let count = chunks.len().max(1);
         let mut chunks = chunks.into_iter();
@@ -365,8 +371,9 @@ impl CasClient {
             .collect()
     }
 
-    /// Uploads a file's contents under `digest` (which the caller computed),
-    /// reading it in chunks rather than all at once.
+    /// Uploads a file's contents under `digest` (which the caller computed).
+    /// A large file is streamed: one chunk is read while the previous one is
+    /// on its way, so memory stays at a few chunks whatever the file's size.
     pub async fn upload_file(&self, digest: Digest, path: &Path) -> Result<(), Status> {
         if digest.size() as usize + PER_BLOB_OVERHEAD <= self.max_batch_bytes {
             let data = tokio::fs::read(path)
@@ -374,23 +381,37 @@ impl CasClient {
                 .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
             return self.batch_update(vec![(digest, Bytes::from(data))]).await;
         }
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| Status::internal(format!("opening {}: {e}", path.display())))?;
-        let mut chunks = Vec::new();
-        loop {
-            let mut buf = Vec::with_capacity(WRITE_CHUNK);
-            let n = (&mut file)
-                .take(WRITE_CHUNK as u64)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
-            if n == 0 {
-                break;
+        let read_failure = Arc::new(Mutex::new(None));
+        let call = || {
+            let mut bytestream = self.bytestream.clone();
+            let name = self.upload_name(digest);
+            let read_failure = read_failure.clone();
+            async move {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| Status::internal(format!("opening {}: {e}", path.display())))?;
+                let requests = file_write_requests(file, name, digest.size(), read_failure);
+                bytestream.write(requests).await
             }
-            chunks.push(Bytes::from(buf));
+        };
+        let response = call.retry(self.retry).when(is_transient).await;
+        let failure = read_failure.lock().expect("read failure lock").take();
+        if let Some(failure) = failure {
+            return Err(Status::internal(format!(
+                "reading {} for blob {digest}: {failure}",
+                path.display()
+            )));
         }
-        self.write_chunks(digest, chunks).await
+        let committed = response
+            .map_err(|e| context(e, format!("ByteStream Write of blob {digest}")))?
+            .into_inner()
+            .committed_size;
+        if committed != digest.size() as i64 {
+            return Err(Status::internal(format!(
+                "ByteStream Write of blob {digest} committed {committed} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Downloads a whole blob and checks it against its digest.
@@ -639,6 +660,39 @@ impl CasClient {
             digest.size()
         )
     }
+}
+
+/// The WriteRequests of a `size`-byte file, read a chunk at a time as the
+/// stream is polled. A read error or a file shorter than `size` ends the
+/// stream before `finish_write`, so the server refuses the upload; the
+/// error is left in `failure` for the caller's message.
+fn file_write_requests(
+    file: tokio::fs::File,
+    name: String,
+    size: u64,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+) -> impl futures::Stream<Item = WriteRequest> {
+    futures::stream::unfold(Some((file, 0u64)), move |state| {
+        let name = name.clone();
+        let failure = failure.clone();
+        async move {
+            let (mut file, offset) = state?;
+            let want = (size - offset).min(WRITE_CHUNK as u64);
+            let mut data = vec![0u8; want as usize];
+            if let Err(e) = file.read_exact(&mut data).await {
+                *failure.lock().expect("read failure lock") = Some(e);
+                return None;
+            }
+            let next = offset + want;
+            let request = WriteRequest {
+                resource_name: if offset == 0 { name } else { String::new() },
+                write_offset: offset as i64,
+                finish_write: next == size,
+                data: Bytes::from(data),
+            };
+            Some((request, (next < size).then_some((file, next))))
+        }
+    })
 }
 
 fn instance_prefix(instance: &str) -> String {

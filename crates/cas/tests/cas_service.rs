@@ -294,6 +294,23 @@ async fn client_uploads_a_file_through_bytestream() {
         .await
         .expect("upload file");
     assert_eq!(client.download(digest).await.expect("download"), data);
+
+    // A file shorter than its digest says ends the stream early: the upload
+    // fails naming the file, and nothing is stored.
+    let (digest, data) = blob(6, 2 * BATCH + 3);
+    std::fs::write(file.path(), &data[..BATCH]).expect("write");
+    let error = client
+        .upload_file(digest, file.path())
+        .await
+        .expect_err("short file");
+    assert!(
+        error.message().contains(&file.path().display().to_string()),
+        "{error:?}"
+    );
+    assert_eq!(
+        client.find_missing(&[digest]).await.expect("find"),
+        vec![digest]
+    );
 }
 
 #[tokio::test]

@@ -167,9 +167,11 @@ impl ActionDirectory {
             context.cas,
             context.cache,
             context.source,
-            context.fetch_concurrency,
-            native::InputFiles::for_action_uid(context.identity.uid),
-            context.limits.max_input_entries,
+            native::LayoutOptions {
+                concurrency: context.fetch_concurrency,
+                files: native::InputFiles::for_action_uid(context.identity.uid),
+                max_entries: context.limits.max_input_entries,
+            },
         )
         .await?;
         self.native_stats = FetchStats {

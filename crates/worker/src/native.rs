@@ -76,6 +76,17 @@ enum Entry {
     },
 }
 
+/// How an input root is laid out.
+#[derive(Clone, Copy, Debug)]
+pub struct LayoutOptions {
+    /// Blobs fetched at once.
+    pub concurrency: usize,
+    /// Links or copies.
+    pub files: InputFiles,
+    /// Most paths the tree may hold (`max_input_entries`).
+    pub max_entries: u64,
+}
+
 /// Lays out the input root `root` under `dir` (which exists and is empty).
 pub async fn populate(
     dir: &Path,
@@ -83,10 +94,13 @@ pub async fn populate(
     cas: &CasClient,
     cache: &Arc<BlobCache>,
     source: &Arc<dyn BlobSource>,
-    concurrency: usize,
-    files: InputFiles,
-    max_entries: u64,
+    options: LayoutOptions,
 ) -> Result<NativeStats, Status> {
+    let LayoutOptions {
+        concurrency,
+        files,
+        max_entries,
+    } = options;
     let entries = list_entries(root, cas, cache.directories(), max_entries).await?;
     let mut wanted: Vec<Digest> = entries
         .iter()
@@ -370,6 +384,12 @@ mod tests {
         }
     }
 
+    const OPTIONS: LayoutOptions = LayoutOptions {
+        concurrency: 4,
+        files: InputFiles::Linked,
+        max_entries: 100,
+    };
+
     #[tokio::test]
     async fn a_second_layout_of_a_tree_needs_nothing_from_the_cas() {
         let storage = Storage::in_memory(1 << 20, 1 << 20);
@@ -410,18 +430,9 @@ mod tests {
 
         let first = dir.path().join("first");
         fs::create_dir(&first).expect("mkdir");
-        let stats = populate(
-            &first,
-            root,
-            &cas,
-            &cache,
-            &source,
-            4,
-            InputFiles::Linked,
-            100,
-        )
-        .await
-        .expect("first layout");
+        let stats = populate(&first, root, &cas, &cache, &source, OPTIONS)
+            .await
+            .expect("first layout");
         assert_eq!((stats.files, stats.files_fetched), (2, 2));
         assert_eq!(cache.directories().len(), 2);
 
@@ -430,18 +441,9 @@ mod tests {
         let _ = server.await;
         let second = dir.path().join("second");
         fs::create_dir(&second).expect("mkdir");
-        let stats = populate(
-            &second,
-            root,
-            &cas,
-            &cache,
-            &source,
-            4,
-            InputFiles::Linked,
-            100,
-        )
-        .await
-        .expect("second layout, from the caches alone");
+        let stats = populate(&second, root, &cas, &cache, &source, OPTIONS)
+            .await
+            .expect("second layout, from the caches alone");
         assert_eq!((stats.files, stats.files_fetched), (2, 0));
         assert_eq!(
             fs::read_to_string(second.join("sub/a.h")).expect("read"),
