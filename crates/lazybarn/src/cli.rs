@@ -92,6 +92,10 @@ pub struct SandboxArgs {
     /// Most bytes of written output files per action [default: 16 GiB].
     #[arg(long, value_name = "BYTES")]
     pub max_output_bytes: Option<u64>,
+    /// Most files, directories and symlinks an action may create
+    /// [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_created_entries: Option<u64>,
     /// Most bytes of standard output, and again of standard error, per
     /// action [default: 256 MiB].
     #[arg(long, value_name = "BYTES")]
@@ -107,6 +111,9 @@ impl SandboxArgs {
         }
         if let Some(n) = self.max_output_bytes {
             config.max_output_bytes = n;
+        }
+        if let Some(n) = self.max_created_entries {
+            config.max_created_entries = n;
         }
         if let Some(n) = self.max_log_bytes {
             config.max_log_bytes = n;

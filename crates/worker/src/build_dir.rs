@@ -303,9 +303,12 @@ impl ActionDirectory {
             None => {
                 let root = self.root.clone();
                 let command = command.clone();
-                let limit = self.limits.max_output_bytes;
+                let limits = outputs::OutputLimits {
+                    max_bytes: self.limits.max_output_bytes,
+                    max_entries: self.limits.max_created_entries,
+                };
                 let captured =
-                    tokio::task::spawn_blocking(move || outputs::capture(&root, &command, limit))
+                    tokio::task::spawn_blocking(move || outputs::capture(&root, &command, limits))
                         .await
                         .map_err(|e| Status::internal(format!("capturing outputs: {e}")))??;
                 Ok(captured)

@@ -114,6 +114,13 @@ pub struct WorkerConfig {
     /// 16 GiB.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: u64,
+    /// Most files, directories and symlinks an action may create. In
+    /// virtual mode each one is an entry in the worker's memory, so the
+    /// mount refuses the next one (ENOSPC) and the action fails with
+    /// RESOURCE_EXHAUSTED; in native mode they are counted in the output
+    /// directories as they are captured. Default: 1,000,000.
+    #[serde(default = "default_max_created_entries")]
+    pub max_created_entries: u64,
     /// Most bytes an action may write to its standard output, and again to
     /// its standard error. Logs go to the CAS streamed from disk, so this
     /// guards the disk and the CAS, not memory. Default: 256 MiB.
@@ -181,6 +188,13 @@ fn default_max_output_bytes() -> u64 {
     DEFAULT_MAX_OUTPUT_BYTES
 }
 
+/// The default of `max_created_entries`.
+pub const DEFAULT_MAX_CREATED_ENTRIES: u64 = 1_000_000;
+
+fn default_max_created_entries() -> u64 {
+    DEFAULT_MAX_CREATED_ENTRIES
+}
+
 /// The default of `max_log_bytes`.
 pub const DEFAULT_MAX_LOG_BYTES: u64 = 256 << 20;
 
@@ -217,6 +231,7 @@ impl WorkerConfig {
             limits: Limits {
                 max_input_entries: self.max_input_entries,
                 max_output_bytes: self.max_output_bytes,
+                max_created_entries: self.max_created_entries,
                 max_log_bytes: self.max_log_bytes,
             },
         }

@@ -16,7 +16,10 @@
 //!   open at a time: it goes down by `openat(O_NOFOLLOW)` and back up by
 //!   `..`, checking that `..` is the directory it came from. A tree 100,000
 //!   levels deep costs memory for the names on the path, not stack or
-//!   descriptors. [`remove_tree`] and the native output capture use it.
+//!   descriptors. The native output capture uses it.
+//! - [`remove_tree`] removes a tree the same way, but streams: it unlinks
+//!   entries as it reads them, so a directory of millions of entries costs
+//!   no memory either.
 //!
 //! Blocking code: call it from `spawn_blocking`.
 
@@ -248,6 +251,15 @@ pub enum WalkError {
     /// moved a directory while it was walked.
     #[error("directory {0:?} moved while it was walked")]
     Moved(PathBuf),
+    /// The tree holds more entries than the walk was allowed to list.
+    #[error(
+        "the tree holds more than {limit} files, directories and symlinks, this worker's \
+         max_created_entries"
+    )]
+    TooManyEntries {
+        /// The most entries the walk lists.
+        limit: u64,
+    },
 }
 
 /// A directory on the walk's path: the entries still to visit, and who its
@@ -263,15 +275,23 @@ struct Level {
 /// [`Visitor::enter`] / [`Visitor::leave`] around each subdirectory. Only
 /// the current directory is open; the tree must not change meanwhile
 /// (the action's processes are gone), and if it does the walk stops with
-/// [`WalkError::Moved`] rather than wander out of it.
-pub fn walk<V: Visitor>(top: ConfinedDir, visitor: &mut V) -> Result<(), V::Error> {
+/// [`WalkError::Moved`] rather than wander out of it. Each directory's
+/// entries are listed (and sorted) before they are visited, so at most
+/// `max_entries` entries are listed in all; past that the walk stops with
+/// [`WalkError::TooManyEntries`].
+pub fn walk<V: Visitor>(
+    top: ConfinedDir,
+    visitor: &mut V,
+    max_entries: u64,
+) -> Result<(), V::Error> {
     let top_stat = fstat(top.as_fd()).map_err(|e| io_error("reading", &PathBuf::new(), e))?;
     let mut current = top;
     let mut path = PathBuf::new();
+    let mut budget = max_entries;
     let mut stack = vec![Level {
         name: OsString::new(),
         parent: (0, 0),
-        pending: list(&current, &path)?.into_iter(),
+        pending: list(&current, &path, &mut budget, max_entries)?.into_iter(),
     }];
     let mut current_id = identity(&top_stat);
     loop {
@@ -309,7 +329,7 @@ pub fn walk<V: Visitor>(top: ConfinedDir, visitor: &mut V) -> Result<(), V::Erro
         let parent = current_id;
         current = ConfinedDir { fd: child };
         current_id = identity(&child_stat);
-        let pending = list(&current, &path)?.into_iter();
+        let pending = list(&current, &path, &mut budget, max_entries)?.into_iter();
         stack.push(Level {
             name,
             parent,
@@ -326,8 +346,14 @@ fn io_error(what: &'static str, path: &Path, error: rustix::io::Errno) -> WalkEr
     }
 }
 
-/// The entries of `dir` with their status, sorted by name.
-fn list(dir: &ConfinedDir, path: &Path) -> Result<Vec<(OsString, Stat)>, WalkError> {
+/// The entries of `dir` with their status, sorted by name, each taken from
+/// `budget` (of `limit`).
+fn list(
+    dir: &ConfinedDir,
+    path: &Path,
+    budget: &mut u64,
+    limit: u64,
+) -> Result<Vec<(OsString, Stat)>, WalkError> {
     let fd = openat(dir.as_fd(), ".", DIRECTORY, Mode::empty())
         .map_err(|e| io_error("listing", path, e))?;
     let reader = rustix::fs::Dir::new(fd).map_err(|e| io_error("listing", path, e))?;
@@ -338,6 +364,9 @@ fn list(dir: &ConfinedDir, path: &Path) -> Result<Vec<(OsString, Stat)>, WalkErr
         if name == b"." || name == b".." {
             continue;
         }
+        *budget = budget
+            .checked_sub(1)
+            .ok_or(WalkError::TooManyEntries { limit })?;
         let name = OsStr::from_bytes(name).to_os_string();
         let stat = statat(dir.as_fd(), name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_error("reading", &path.join(&name), e))?;
@@ -347,65 +376,127 @@ fn list(dir: &ConfinedDir, path: &Path) -> Result<Vec<(OsString, Stat)>, WalkErr
     Ok(entries)
 }
 
-/// Removes everything in a walked tree, deepest first.
-struct Remover {
-    as_root: bool,
-}
-
-impl Visitor for Remover {
-    type Error = WalkError;
-
-    fn entry(&mut self, dir: &ConfinedDir, name: &OsStr, stat: &Stat) -> Result<(), WalkError> {
-        let flags = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            // A mount point, never entered: removing it fails while mounted.
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
-        };
-        unlinkat(dir.as_fd(), name, flags).map_err(|e| io_error("removing", Path::new(name), e))
-    }
-
-    fn enter(&mut self, dir: &ConfinedDir, name: &OsStr) -> Result<(), WalkError> {
-        // Root may list and empty any directory; the owner may have to give
-        // itself the right first (an action can chmod its own to 0).
-        if !self.as_root {
-            let _ = rustix::fs::chmodat(
-                dir.as_fd(),
-                name,
-                Mode::from_raw_mode(0o700),
-                AtFlags::empty(),
-            );
-        }
-        Ok(())
-    }
-
-    fn leave(&mut self, dir: &ConfinedDir, name: &OsStr) -> Result<(), WalkError> {
-        unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR)
-            .map_err(|e| io_error("removing", Path::new(name), e))
-    }
-}
-
-/// Removes the directory `path` and everything below it, however deep,
-/// without following a symlink or entering another filesystem. A missing
-/// `path` is not an error.
+/// Removes the directory `path` and everything below it, however deep and
+/// however wide, without following a symlink or entering another
+/// filesystem. A missing `path` is not an error.
+///
+/// Unlike [`walk`], removal needs no order and no listing held in memory:
+/// it unlinks entries as it reads them, and stops reading only to go down
+/// into a directory that is not empty. Back from it, it reads the directory
+/// again from the start, where everything it passed is already gone. Memory
+/// is the names on the current path; one directory is open at a time.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     let as_root = rustix::process::geteuid().is_root();
     if !as_root {
+        // The owner may have to give itself the right to list and empty a
+        // directory first (an action can chmod its own to 0).
         let _ = rustix::fs::chmod(path, Mode::from_raw_mode(0o700));
     }
     let top = match ConfinedDir::open(path) {
         Ok(top) => top,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e)
-            if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) =>
-        {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
             return std::fs::remove_file(path);
         }
         Err(e) => return Err(e),
     };
-    walk(top, &mut Remover { as_root })
-        .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+    let at = |what: &str, below: &Path, e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("{what} {}: {e}", path.join(below).display()),
+        )
+    };
+    let top_stat = fstat(top.as_fd()).map_err(|e| at("reading", Path::new(""), e.into()))?;
+    let mut current = top;
+    let mut current_id = identity(&top_stat);
+    // The directories entered below `path`: each one's name and its parent.
+    let mut entered: Vec<(OsString, (u64, u64))> = Vec::new();
+    let mut below = PathBuf::new();
+    loop {
+        let full = clear_entries(&current, top_stat.st_dev, as_root)
+            .map_err(|e| at("emptying", &below, e))?;
+        if let Some((name, stat)) = full {
+            below.push(&name);
+            let child = openat(current.as_fd(), name.as_os_str(), DIRECTORY, Mode::empty())
+                .map_err(|e| at("opening", &below, e.into()))?;
+            let child_stat = fstat(&child).map_err(|e| at("reading", &below, e.into()))?;
+            if identity(&child_stat) != identity(&stat) {
+                return Err(at("removing", &below, io::Error::other("it moved")));
+            }
+            entered.push((name, current_id));
+            current = ConfinedDir { fd: child };
+            current_id = identity(&child_stat);
+            continue;
+        }
+        let Some((name, parent_id)) = entered.pop() else {
+            break;
+        };
+        let parent = openat(current.as_fd(), "..", DIRECTORY, Mode::empty())
+            .map_err(|e| at("going up from", &below, e.into()))?;
+        let parent_stat = fstat(&parent).map_err(|e| at("reading", &below, e.into()))?;
+        if identity(&parent_stat) != parent_id {
+            return Err(at("removing", &below, io::Error::other("it moved")));
+        }
+        current = ConfinedDir { fd: parent };
+        current_id = parent_id;
+        unlinkat(current.as_fd(), name.as_os_str(), AtFlags::REMOVEDIR)
+            .map_err(|e| at("removing", &below, e.into()))?;
+        below.pop();
+    }
+    drop(current);
     std::fs::remove_dir(path)
+}
+
+/// Unlinks what `dir` holds as it reads it: files, symlinks and empty
+/// directories. Returns the first directory that is not empty (to go down
+/// into), or `None` once `dir` is empty. A mount point is an error (EBUSY),
+/// never entered.
+fn clear_entries(
+    dir: &ConfinedDir,
+    device: u64,
+    as_root: bool,
+) -> io::Result<Option<(OsString, Stat)>> {
+    let listing = openat(dir.as_fd(), ".", DIRECTORY, Mode::empty())?;
+    for entry in rustix::fs::Dir::new(listing)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name);
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let stat = statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        if !is_dir {
+            unlinkat(dir.as_fd(), name, AtFlags::empty())?;
+            continue;
+        }
+        match unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOTEMPTY) | Err(rustix::io::Errno::EXIST) => {
+                let stat = statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+                if stat.st_dev != device {
+                    return Err(io::Error::from_raw_os_error(libc::EBUSY));
+                }
+                if !as_root {
+                    let _ = rustix::fs::chmodat(
+                        dir.as_fd(),
+                        name,
+                        Mode::from_raw_mode(0o700),
+                        AtFlags::empty(),
+                    );
+                }
+                return Ok(Some((name.to_os_string(), stat)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -486,6 +577,14 @@ mod tests {
         std::fs::create_dir(&top).expect("mkdir");
         deep_chain(&top, 20_000);
         symlink(keep.path(), top.join("link")).expect("symlink");
+        // Wide as well as deep: non-empty directories among files, so the
+        // removal goes down and reads its directory again many times.
+        for i in 0..300 {
+            let sub = top.join(format!("wide-{i}"));
+            std::fs::create_dir_all(sub.join("inner")).expect("mkdir");
+            std::fs::write(sub.join("inner/f"), b"f").expect("file");
+            std::fs::write(top.join(format!("file-{i}")), b"f").expect("file");
+        }
         std::fs::create_dir(top.join("locked")).expect("mkdir");
         std::fs::write(top.join("locked/x"), b"x").expect("file");
         use std::os::unix::fs::PermissionsExt;

@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_input_entries: u64,
     /// Bytes of the files among the outputs.
     pub max_output_bytes: u64,
+    /// Files, directories and symlinks the action creates (virtual mode:
+    /// in its mount; native mode: in its output directories).
+    pub max_created_entries: u64,
     /// Bytes of standard output, and again of standard error.
     pub max_log_bytes: u64,
 }
@@ -149,6 +152,7 @@ mod tests {
             limits: Limits {
                 max_input_entries: 1,
                 max_output_bytes: 1,
+                max_created_entries: 1,
                 max_log_bytes: 1,
             },
         }

@@ -165,7 +165,10 @@ impl From<CaptureError> for tonic::Status {
             CaptureError::BadPath(_) | CaptureError::WrongKind { .. } => {
                 tonic::Status::invalid_argument(e.to_string())
             }
-            CaptureError::TooLarge { .. } => tonic::Status::resource_exhausted(e.to_string()),
+            CaptureError::TooLarge { .. }
+            | CaptureError::Walk(WalkError::TooManyEntries { .. }) => {
+                tonic::Status::resource_exhausted(e.to_string())
+            }
             CaptureError::Io { .. } | CaptureError::Walk(_) => {
                 tonic::Status::internal(e.to_string())
             }
@@ -217,14 +220,30 @@ pub fn output_parents(command: &Command) -> Result<Vec<(PathBuf, String)>, BadPa
     Ok(parents)
 }
 
+/// The caps on what capture reads.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputLimits {
+    /// Most bytes of files among the outputs (`max_output_bytes`).
+    pub max_bytes: u64,
+    /// Most entries in all output directories (`max_created_entries`).
+    pub max_entries: u64,
+}
+
+impl OutputLimits {
+    /// No cap at all.
+    pub const NONE: OutputLimits = OutputLimits {
+        max_bytes: u64::MAX,
+        max_entries: u64::MAX,
+    };
+}
+
 /// Captures the declared outputs of `command` from the action directory
 /// `root` (the input root on disk), never following a symlink on the way
-/// and never holding more than one directory open. Written files count
-/// against `max_output_bytes`.
+/// and never holding more than one directory open, within `limits`.
 pub fn capture(
     root: &Path,
     command: &Command,
-    max_output_bytes: u64,
+    limits: OutputLimits,
 ) -> Result<CapturedOutputs, CaptureError> {
     let top = ConfinedDir::open(root).map_err(|source| CaptureError::Io {
         path: root.to_path_buf(),
@@ -232,7 +251,7 @@ pub fn capture(
     })?;
     let mut out = CapturedOutputs::default();
     let mut seen = HashSet::new();
-    let mut budget = OutputBudget::new(max_output_bytes);
+    let mut budget = OutputBudget::new(limits);
     for (path, declared) in declared_outputs(command) {
         let relative = paths::output_path(&command.working_directory, path)?;
         let Some(found) = find_output(&top, &relative, path)? else {
@@ -269,8 +288,9 @@ pub fn capture(
                         path: full.clone(),
                         source,
                     })?;
+                let left = budget.entries_left();
                 let mut builder = TreeBuilder::new(full, &mut out.blobs, &mut seen, &mut budget);
-                walk(below, &mut builder)?;
+                walk(below, &mut builder, left)?;
                 let tree = builder.finish();
                 out.add_directory(path, &tree, &mut seen);
             }
@@ -327,15 +347,32 @@ fn find_output(
     Ok(stat.map(|stat| (dir, name, stat)))
 }
 
-/// How many bytes of files the outputs may still hold.
+/// How many bytes of files, and how many entries, the outputs may still
+/// hold.
 struct OutputBudget {
     limit: u64,
     spent: u64,
+    max_entries: u64,
+    entries: u64,
 }
 
 impl OutputBudget {
-    fn new(limit: u64) -> Self {
-        OutputBudget { limit, spent: 0 }
+    fn new(limits: OutputLimits) -> Self {
+        OutputBudget {
+            limit: limits.max_bytes,
+            spent: 0,
+            max_entries: limits.max_entries,
+            entries: 0,
+        }
+    }
+
+    /// Entries the output directories may still list.
+    fn entries_left(&self) -> u64 {
+        self.max_entries.saturating_sub(self.entries)
+    }
+
+    fn count_entry(&mut self) {
+        self.entries = self.entries.saturating_add(1);
     }
 
     fn spend(&mut self, bytes: u64) -> Result<(), CaptureError> {
@@ -421,6 +458,7 @@ impl Visitor for TreeBuilder<'_> {
     // The walk reports names in order, so each list of the Directory comes
     // out sorted, as REAPI requires.
     fn entry(&mut self, dir: &ConfinedDir, name: &OsStr, stat: &Stat) -> Result<(), CaptureError> {
+        self.budget.count_entry();
         let path = self.path.join(name);
         let text = name.to_string_lossy().into_owned();
         match FileType::from_raw_mode(stat.st_mode) {
@@ -454,6 +492,7 @@ impl Visitor for TreeBuilder<'_> {
     }
 
     fn enter(&mut self, _: &ConfinedDir, name: &OsStr) -> Result<(), CaptureError> {
+        self.budget.count_entry();
         self.path.push(name);
         self.open.push(Directory::default());
         Ok(())
@@ -549,7 +588,7 @@ mod tests {
             &[],
             "pkg",
         );
-        let captured = capture(root.path(), &cmd, u64::MAX).expect("capture");
+        let captured = capture(root.path(), &cmd, OutputLimits::NONE).expect("capture");
         let files: Vec<_> = captured
             .files
             .iter()
@@ -574,7 +613,7 @@ mod tests {
         write(&out.join("z"), b"top", 0o755);
         symlink("z", out.join("y")).expect("symlink");
         let cmd = command(&[], &[], &["out"], "");
-        let captured = capture(root.path(), &cmd, u64::MAX).expect("capture");
+        let captured = capture(root.path(), &cmd, OutputLimits::NONE).expect("capture");
         assert_eq!(captured.directories.len(), 1);
         let tree_digest = captured.directories[0].tree_digest.clone().expect("tree");
         let (_, tree_bytes) = captured
@@ -606,14 +645,25 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         write(&root.path().join("f"), b"x", 0o644);
         fs::create_dir(root.path().join("d")).expect("mkdir");
-        let err = capture(root.path(), &command(&[], &["f"], &[], ""), u64::MAX)
-            .expect_err("file as dir");
+        let err = capture(
+            root.path(),
+            &command(&[], &["f"], &[], ""),
+            OutputLimits::NONE,
+        )
+        .expect_err("file as dir");
         assert!(err.to_string().contains("\"f\""), "{err}");
-        assert!(capture(root.path(), &command(&["d"], &[], &[], ""), u64::MAX).is_err());
+        assert!(
+            capture(
+                root.path(),
+                &command(&["d"], &[], &[], ""),
+                OutputLimits::NONE
+            )
+            .is_err()
+        );
         let err = capture(
             root.path(),
             &command(&["../etc/passwd"], &[], &[], ""),
-            u64::MAX,
+            OutputLimits::NONE,
         )
         .expect_err("..");
         assert!(err.to_string().contains(".."), "{err}");
@@ -627,14 +677,22 @@ mod tests {
         symlink(secret.path(), root.path().join("o")).expect("symlink");
         write(&root.path().join("f"), b"file", 0o644);
         for output in ["o/secret", "f/x"] {
-            let err = capture(root.path(), &command(&[output], &[], &[], ""), u64::MAX)
-                .expect_err("through a symlink or file");
+            let err = capture(
+                root.path(),
+                &command(&[output], &[], &[], ""),
+                OutputLimits::NONE,
+            )
+            .expect_err("through a symlink or file");
             assert!(matches!(err, CaptureError::BadPath(_)), "{err}");
             assert!(err.to_string().contains(output), "{err}");
         }
         // A symlink that is itself the output is reported, not followed.
-        let captured =
-            capture(root.path(), &command(&["o"], &[], &[], ""), u64::MAX).expect("symlink output");
+        let captured = capture(
+            root.path(),
+            &command(&["o"], &[], &[], ""),
+            OutputLimits::NONE,
+        )
+        .expect("symlink output");
         assert_eq!(captured.file_symlinks.len(), 1);
         assert!(captured.blobs.is_empty());
     }
@@ -668,7 +726,7 @@ mod tests {
         let root_path = root.path().to_path_buf();
         let captured = std::thread::Builder::new()
             .stack_size(256 << 10)
-            .spawn(move || capture(&root_path, &cmd, u64::MAX))
+            .spawn(move || capture(&root_path, &cmd, OutputLimits::NONE))
             .expect("thread")
             .join()
             .expect("no stack overflow")
@@ -682,12 +740,16 @@ mod tests {
     }
 
     #[test]
-    fn outputs_over_max_output_bytes_are_refused_naming_the_cap() {
+    fn outputs_over_max_output_bytes_or_entries_are_refused_naming_the_cap() {
         let root = tempfile::tempdir().expect("tempdir");
         write(&root.path().join("out/a"), &[1u8; 600], 0o644);
         write(&root.path().join("out/b"), &[2u8; 600], 0o644);
         let cmd = command(&[], &[], &["out"], "");
-        let err = capture(root.path(), &cmd, 1000).expect_err("1200 bytes over 1000");
+        let limits = |max_bytes, max_entries| OutputLimits {
+            max_bytes,
+            max_entries,
+        };
+        let err = capture(root.path(), &cmd, limits(1000, 10)).expect_err("1200 bytes over 1000");
         assert!(matches!(err, CaptureError::TooLarge { .. }), "{err}");
         assert!(
             err.to_string().contains("max_output_bytes of 1000"),
@@ -697,7 +759,14 @@ mod tests {
             tonic::Status::from(err).code(),
             tonic::Code::ResourceExhausted
         );
-        capture(root.path(), &cmd, 1200).expect("exactly at the cap");
+        capture(root.path(), &cmd, limits(1200, 2)).expect("exactly at the caps");
+        let err = capture(root.path(), &cmd, limits(1200, 1)).expect_err("2 entries over 1");
+        assert!(err.to_string().contains("more than 1 files"), "{err}");
+        assert!(err.to_string().contains("max_created_entries"), "{err}");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::ResourceExhausted
+        );
     }
 
     #[test]

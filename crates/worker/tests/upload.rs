@@ -36,7 +36,8 @@ async fn uploads_only_what_the_cas_lacks_and_the_result_is_complete() {
         output_paths: vec!["out".into()],
         ..Default::default()
     };
-    let captured = outputs::capture(root.path(), &command, u64::MAX).expect("capture");
+    let captured =
+        outputs::capture(root.path(), &command, outputs::OutputLimits::NONE).expect("capture");
     let mut result = ActionResult::default();
     let blobs = captured.into_result(&mut result);
     let stats = upload::upload_blobs(&cas, blobs).await.expect("upload");

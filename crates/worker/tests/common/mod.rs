@@ -131,6 +131,7 @@ impl Farm {
             allow_host_network: false,
             max_input_entries: lazybarn_worker::config::DEFAULT_MAX_INPUT_ENTRIES,
             max_output_bytes: lazybarn_worker::config::DEFAULT_MAX_OUTPUT_BYTES,
+            max_created_entries: lazybarn_worker::config::DEFAULT_MAX_CREATED_ENTRIES,
             max_log_bytes: lazybarn_worker::config::DEFAULT_MAX_LOG_BYTES,
         };
         let (stop_worker, stop_level) = watch::channel(Stop::Run);
