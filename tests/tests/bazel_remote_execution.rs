@@ -426,6 +426,14 @@ fn runs_as_an_unprivileged_user(
 ) -> Result<()> {
     let uid = action_uid(bazel, flags, bin)?;
     ensure!(uid != 0, "the action ran as root");
+    // lazybarn up as root gives each worker slot a user of its own.
+    let first = lazybarn_worker::config::DEFAULT_FIRST_SLOT_ID;
+    let slots = std::thread::available_parallelism().map_or(1, usize::from) as u32;
+    ensure!(
+        (first..first + slots).contains(&uid),
+        "the action ran as uid {uid}, not one of the slot users {first}..{}",
+        first + slots
+    );
     Ok(())
 }
 
