@@ -22,7 +22,7 @@ use crate::error::{FailureKind, VfsError};
 use crate::handles::HandleTable;
 use crate::input_tree::{self, InputOwner};
 use crate::metrics::MountCounters;
-use crate::node::{Children, Ino, NodeKind, NodeTable, Pending};
+use crate::node::{Children, EntryCaps, Ino, NodeKind, NodeTable, Pending};
 use crate::source::BlobSource;
 
 /// How long the kernel may cache entries (positive and negative) and the
@@ -39,13 +39,16 @@ const MAX_FAILURES: usize = 100;
 
 type SharedLoad = Shared<BoxFuture<'static, Result<(), Arc<VfsError>>>>;
 
-/// A load of the input root that failed while the action ran (a CAS read,
-/// an invalid Directory, the entry cap): the reader got an errno, and the
-/// worker reports this instead of the command's own failure.
+/// Something that failed in the mount while the action ran, which the
+/// worker reports instead of the command's own failure: a load of the input
+/// root (a CAS read, an invalid Directory, the input entry cap; the reader
+/// got an errno), or the action passing `max_created_entries` (it got
+/// ENOSPC).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchFailure {
-    /// The blob that could not be read or used.
-    pub digest: Digest,
+    /// The blob that could not be read or used; None when no blob is at
+    /// fault (the action created too many entries).
+    pub digest: Option<Digest>,
     /// The error, naming the blob, and the entry or cap at fault.
     pub message: String,
     /// Whether the CAS answered NOT_FOUND: the same as `kind ==
@@ -81,18 +84,18 @@ pub(crate) struct VfsCore {
 }
 
 impl VfsCore {
-    /// A core whose root directory is the Directory `root`, loading at most
-    /// `max_input_entries` input entries.
+    /// A core whose root directory is the Directory `root`, holding at most
+    /// `caps` entries.
     pub fn new(
         root: Digest,
-        max_input_entries: u64,
+        caps: EntryCaps,
         cache: Arc<BlobCache>,
         source: Arc<dyn BlobSource>,
         scratch: PathBuf,
         owner: InputOwner,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        let table = NodeTable::new(root, input_tree::root_meta(owner), max_input_entries);
+        let table = NodeTable::new(root, input_tree::root_meta(owner), caps);
         VfsCore {
             table: Mutex::new(table),
             cache,
@@ -119,9 +122,10 @@ impl VfsCore {
         self.scratch.join(ino.to_string())
     }
 
-    /// Records a failed load for the worker's report: once per distinct
-    /// failure, and at most [`MAX_FAILURES`] of them.
-    pub fn record_failure(&self, digest: Digest, error: &VfsError) {
+    /// Records a failure for the worker's report, with the blob at fault if
+    /// one is: once per distinct failure, and at most [`MAX_FAILURES`] of
+    /// them.
+    pub fn record_failure(&self, digest: Option<Digest>, error: &VfsError) {
         let failure = FetchFailure {
             digest,
             message: error.to_string(),
@@ -157,7 +161,7 @@ impl VfsCore {
                         let result = core.fetch_and_load(ino, digest).await;
                         core.loads.lock().remove(&ino);
                         result.map_err(|e| {
-                            core.record_failure(digest, &e);
+                            core.record_failure(Some(digest), &e);
                             Arc::new(e)
                         })
                     });

@@ -67,6 +67,17 @@ pub enum VfsError {
         /// The cap.
         limit: u64,
     },
+    /// The action tried to add a name to its mount (create, mknod, mkdir,
+    /// symlink, link) while `MountConfig::max_created_entries` of the names
+    /// it added were live; nothing was added.
+    #[error(
+        "the action created more than {limit} files, directories, symlinks and links in its \
+         mount, over max_created_entries"
+    )]
+    CreatedTooMany {
+        /// The cap.
+        limit: u64,
+    },
 }
 
 /// What kind of failure an error is, which decides the gRPC code the worker
@@ -83,7 +94,8 @@ pub enum FailureKind {
     /// duplicate name, a malformed digest, a Directory that does not decode
     /// or match its digest); it never will succeed. INVALID_ARGUMENT.
     InvalidInput,
-    /// The input root is larger than the mount's cap. RESOURCE_EXHAUSTED.
+    /// The input root is larger than the mount's cap, or the action created
+    /// more entries in its mount than their cap allows. RESOURCE_EXHAUSTED.
     TooLarge,
     /// Something on the worker itself failed (its disk, the mount point).
     /// INTERNAL.
@@ -114,7 +126,8 @@ impl VfsError {
 
     /// The errno a FUSE caller sees for this error: EIO for anything the
     /// CAS or the input root caused, so a reader never mistakes a fetch
-    /// failure for a missing file; ENOSPC for an input root over the cap.
+    /// failure for a missing file; ENOSPC for an entry cap (input root or
+    /// created entries).
     pub fn errno(&self) -> Errno {
         self.errno_inner()
     }
@@ -130,7 +143,9 @@ impl VfsError {
             VfsError::InvalidInputRoot(_) | VfsError::InvalidOutputPath(_) => {
                 FailureKind::InvalidInput
             }
-            VfsError::InputTooLarge { .. } => FailureKind::TooLarge,
+            VfsError::InputTooLarge { .. } | VfsError::CreatedTooMany { .. } => {
+                FailureKind::TooLarge
+            }
             VfsError::MountPoint { .. } | VfsError::Io { .. } => FailureKind::Internal,
         }
     }
@@ -158,10 +173,10 @@ impl VfsError {
                 .raw_os_error()
                 .map(Errno::from_i32)
                 .unwrap_or(Errno::EIO),
-            // The mount is out of room for input entries, as a disk out of
-            // inodes is: ENOSPC. (EFBIG would blame one file's size, and is
+            // The mount is out of room for entries, as a disk out of inodes
+            // is: ENOSPC. (EFBIG would blame one file's size, and is
             // what the action sees when it hits its own file size limit.)
-            VfsError::InputTooLarge { .. } => Errno::ENOSPC,
+            VfsError::InputTooLarge { .. } | VfsError::CreatedTooMany { .. } => Errno::ENOSPC,
             _ => Errno::EIO,
         }
     }
@@ -215,5 +230,15 @@ mod tests {
         assert_eq!(too_large.errno(), Errno::ENOSPC);
         let message = too_large.to_string();
         assert!(message.contains("max_input_entries = 10"), "{message}");
+
+        let created = VfsError::CreatedTooMany { limit: 10 };
+        assert_eq!(created.kind(), FailureKind::TooLarge);
+        assert_eq!(created.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(created.errno(), Errno::ENOSPC);
+        let message = created.to_string();
+        assert!(
+            message.contains("more than 10 ") && message.contains("max_created_entries"),
+            "{message}"
+        );
     }
 }

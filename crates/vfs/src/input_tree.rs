@@ -111,6 +111,7 @@ pub(crate) fn load_children(
                     meta,
                     nlink: 1,
                     open: 0,
+                    created_names: 0,
                 });
                 (name, child)
             }
@@ -125,6 +126,7 @@ pub(crate) fn load_children(
                     meta,
                     nlink: 1,
                     open: 0,
+                    created_names: 0,
                 });
                 (name, child)
             }
@@ -263,6 +265,7 @@ pub(crate) fn root_meta(owner: InputOwner) -> Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::EntryCaps;
     use lazybarn_proto::reapi::{DirectoryNode, FileNode, SymlinkNode};
 
     const OWNER: InputOwner = InputOwner {
@@ -280,9 +283,16 @@ mod tests {
         }
     }
 
+    fn caps(input: u64) -> EntryCaps {
+        EntryCaps {
+            input,
+            created: 1_000,
+        }
+    }
+
     fn load(directory: Directory) -> Result<NodeTable> {
         let digest = Digest::of(&directory.encode_to_vec());
-        let mut table = NodeTable::new(digest, root_meta(OWNER), 1_000);
+        let mut table = NodeTable::new(digest, root_meta(OWNER), caps(1_000));
         load_children(&mut table, ROOT, digest, &directory, OWNER)?;
         Ok(table)
     }
@@ -346,7 +356,7 @@ mod tests {
         };
         let directory = files(3);
         let digest = Digest::of(&directory.encode_to_vec());
-        let mut table = NodeTable::new(digest, root_meta(OWNER), 2);
+        let mut table = NodeTable::new(digest, root_meta(OWNER), caps(2));
         let err = load_children(&mut table, ROOT, digest, &directory, OWNER)
             .expect_err("3 entries over a cap of 2");
         assert!(matches!(

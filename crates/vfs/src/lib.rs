@@ -29,6 +29,11 @@
 //!   worker's own with EACCES; the root directory is that uid's, 0700.
 //! - How much: a mount loads at most [`MountConfig::max_input_entries`]
 //!   input entries; past it, `Mount::new` fails, or a request gets ENOSPC.
+//!   The action may add at most [`MountConfig::max_created_entries`] names
+//!   (files, directories, symlinks, hard links) that live at once, since
+//!   each costs the worker memory in the node table; past it, the request
+//!   gets ENOSPC. Either cap, hit while the action runs, is recorded once
+//!   in `Mount::failures`.
 //! - How deep: nothing recurses over a tree (input loading is one Directory
 //!   at a time, capture copies and builds a directory's Tree from a flat
 //!   list, the node table is flat), so no depth overflows the stack.
@@ -38,7 +43,8 @@
 //! `Mount::capture` returns, [`FetchFailure::code`] for a load that failed
 //! while the action ran (`Mount::failures`): a missing blob is
 //! FAILED_PRECONDITION, a failing CAS UNAVAILABLE, an invalid input root
-//! INVALID_ARGUMENT, an input root over the cap RESOURCE_EXHAUSTED.
+//! INVALID_ARGUMENT, an input root or created entries over their cap
+//! RESOURCE_EXHAUSTED.
 
 mod access;
 mod blob_cache;
@@ -66,5 +72,8 @@ pub use directory_cache::{DEFAULT_DIRECTORY_CACHE_BYTES, DirectoryCache};
 pub use error::{FailureKind, Result, VfsError};
 pub use input_tree::INPUT_MTIME;
 pub use metrics::{MountCounters, MountStats};
-pub use mount::{DEFAULT_MAX_INPUT_ENTRIES, FS_NAME, Mount, MountConfig, clean_stale_mounts};
+pub use mount::{
+    DEFAULT_MAX_CREATED_ENTRIES, DEFAULT_MAX_INPUT_ENTRIES, FS_NAME, Mount, MountConfig,
+    clean_stale_mounts,
+};
 pub use source::{BlobSource, CasBlobSource};

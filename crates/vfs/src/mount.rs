@@ -20,7 +20,7 @@ use crate::error::{Result, VfsError};
 use crate::fs::LazyFs;
 use crate::input_tree::InputOwner;
 use crate::metrics::MountStats;
-use crate::node::ROOT;
+use crate::node::{EntryCaps, ROOT};
 use crate::source::BlobSource;
 use crate::sys_linux;
 
@@ -32,6 +32,18 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// compile against all of Boost loads (about 16,500 entries), far below
 /// what a memory-hungry tree of shared subtrees would cost.
 pub const DEFAULT_MAX_INPUT_ENTRIES: u64 = 200_000;
+/// The default of [`MountConfig::max_created_entries`]. Every name an
+/// action creates costs the worker memory in the node table (about 300
+/// bytes with a short name: a 120-byte node in a hash map, and the name in
+/// its directory's map), so an action looping over `touch` or `ln` could
+/// otherwise take the worker's memory. The biggest legitimate writers (a
+/// build tree of object files, an unpacked `node_modules`) create tens to a
+/// few hundred thousand names; a million leaves them room while bounding
+/// the table at about 300 MB. Names near the kernel's 255 bytes cost about
+/// twice that, and symlinks with targets near its 4,096 bytes up to about
+/// 4.5 GB in all, so lower the cap where workers have little memory per
+/// slot.
+pub const DEFAULT_MAX_CREATED_ENTRIES: u64 = 1_000_000;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -54,6 +66,17 @@ pub struct MountConfig {
     /// of kind `FailureKind::TooLarge`. Recommended:
     /// [`DEFAULT_MAX_INPUT_ENTRIES`] (200,000).
     pub max_input_entries: u64,
+    /// The most names the action may have added to its mount at once
+    /// (files, FIFOs, sockets, directories, symlinks and hard links: each
+    /// create, mknod, mkdir, symlink and link adds one; unlink, rmdir, and
+    /// a rename over an existing name take one of its names away again).
+    /// Counted apart from input entries; a hard link to an input file
+    /// counts, renaming does not. A request past it gets ENOSPC and the
+    /// failure is recorded once (`Mount::failures`), of kind
+    /// `FailureKind::TooLarge`, which the worker answers with
+    /// RESOURCE_EXHAUSTED. Recommended: [`DEFAULT_MAX_CREATED_ENTRIES`]
+    /// (1,000,000).
+    pub max_created_entries: u64,
     /// The uid the mount serves: requests from any other uid but this
     /// process's own get EACCES, and the root directory is made 0700 and
     /// owned by it, so the kernel refuses other uids even paths it has
@@ -71,6 +94,7 @@ impl Default for MountConfig {
             input_uid: 0,
             input_gid: 0,
             max_input_entries: DEFAULT_MAX_INPUT_ENTRIES,
+            max_created_entries: DEFAULT_MAX_CREATED_ENTRIES,
             allowed_uid: None,
         }
     }
@@ -111,7 +135,10 @@ impl Mount {
         };
         let core = Arc::new(VfsCore::new(
             root,
-            config.max_input_entries,
+            EntryCaps {
+                input: config.max_input_entries,
+                created: config.max_created_entries,
+            },
             cache,
             source,
             scratch_dir.to_path_buf(),
@@ -156,8 +183,9 @@ impl Mount {
         self.core.counters.snapshot()
     }
 
-    /// The loads that failed while the action ran (each returned EIO, or
-    /// ENOSPC for the entry cap, to its reader), first first.
+    /// What failed while the action ran, first first: loads of the input
+    /// root (each returned EIO, or ENOSPC for the input entry cap, to its
+    /// reader) and the action passing `max_created_entries` (ENOSPC).
     pub fn failures(&self) -> Vec<FetchFailure> {
         self.core.failures.lock().clone()
     }

@@ -7,6 +7,11 @@
 //! "deleting" an input never touches the BlobCache. Input files with the same
 //! digest, executable bit and properties share one inode, so the kernel keeps
 //! one page cache for all their paths.
+//!
+//! The table is bounded twice: entries loaded from the input root count
+//! against `max_input_entries` (in `input_tree`), and names the action adds
+//! (create, mknod, mkdir, symlink, link) against `max_created_entries`
+//! while they live. Both guard the worker's memory, which every name costs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -14,6 +19,8 @@ use std::time::SystemTime;
 
 use fuser::{Errno, FileType};
 use lazybarn_cas::Digest;
+
+use crate::error::VfsError;
 
 /// An inode number.
 pub(crate) type Ino = u64;
@@ -62,9 +69,24 @@ pub(crate) struct Node {
     /// Open file handles on it; an unlinked scratch file's backing file is
     /// removed when the last one closes.
     pub open: u32,
+    /// How many of its names the action added, which count against
+    /// `max_created_entries`: all of them for a node the action created,
+    /// those made by `link` for an input file or symlink.
+    pub created_names: u32,
 }
 
 impl Node {
+    /// A node the action creates, under its first name.
+    pub fn created(kind: NodeKind, meta: Meta) -> Self {
+        Node {
+            kind,
+            meta,
+            nlink: 1,
+            open: 0,
+            created_names: 1,
+        }
+    }
+
     /// The FUSE file type.
     pub fn file_type(&self) -> FileType {
         match &self.kind {
@@ -89,6 +111,16 @@ pub(crate) struct InputFileKey {
     pub mtime: SystemTime,
 }
 
+/// The most entries one mount holds, counted apart: those loaded from the
+/// input root, and those the action creates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EntryCaps {
+    /// `MountConfig::max_input_entries`.
+    pub input: u64,
+    /// `MountConfig::max_created_entries`.
+    pub created: u64,
+}
+
 /// Every inode of one mount.
 pub(crate) struct NodeTable {
     nodes: HashMap<Ino, Node>,
@@ -99,12 +131,17 @@ pub(crate) struct NodeTable {
     pub input_entries: u64,
     /// The most `input_entries` may reach; a load past it fails.
     pub max_input_entries: u64,
+    /// Names the action added that are still live: the sum of every node's
+    /// `created_names`.
+    created_entries: u64,
+    /// The most `created_entries` may reach; adding a name past it fails.
+    max_created_entries: u64,
 }
 
 impl NodeTable {
     /// A table holding only the root directory, whose children are `root`,
-    /// that will load at most `max_input_entries` input entries.
-    pub fn new(root: Digest, meta: Meta, max_input_entries: u64) -> Self {
+    /// that will hold at most `caps` entries.
+    pub fn new(root: Digest, meta: Meta, caps: EntryCaps) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
@@ -116,6 +153,7 @@ impl NodeTable {
                 meta,
                 nlink: 1,
                 open: 0,
+                created_names: 0,
             },
         );
         NodeTable {
@@ -123,7 +161,36 @@ impl NodeTable {
             next: ROOT + 1,
             input_files: HashMap::new(),
             input_entries: 0,
-            max_input_entries,
+            max_input_entries: caps.input,
+            created_entries: 0,
+            max_created_entries: caps.created,
+        }
+    }
+
+    /// Counts a name the action is about to add, or refuses it if that would
+    /// take the live names it added past `max_created_entries`. The caller
+    /// adds the name to a node's `created_names` once it is in place.
+    pub fn count_created_name(&mut self) -> Result<(), VfsError> {
+        if self.created_entries >= self.max_created_entries {
+            return Err(VfsError::CreatedTooMany {
+                limit: self.max_created_entries,
+            });
+        }
+        self.created_entries += 1;
+        Ok(())
+    }
+
+    /// One name of `ino` is going away. If the action added it, it stops
+    /// counting. An input file or symlink the action linked has names of
+    /// both kinds, which the table does not tell apart (they are names of
+    /// one inode and cost the same): the action's are taken away first, so
+    /// the node never has more names than its input ones plus those counted.
+    pub fn name_removed(&mut self, ino: Ino) {
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && node.created_names > 0
+        {
+            node.created_names -= 1;
+            self.created_entries = self.created_entries.saturating_sub(1);
         }
     }
 
@@ -155,6 +222,7 @@ impl NodeTable {
             meta,
             nlink: 0,
             open: 0,
+            created_names: 0,
         });
         self.input_files.insert(key, ino);
         ino
@@ -237,5 +305,54 @@ pub(crate) enum Pending {
 impl From<Errno> for Pending {
     fn from(errno: Errno) -> Self {
         Pending::Errno(errno)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(created: u64) -> NodeTable {
+        let meta = Meta {
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+        };
+        NodeTable::new(Digest::EMPTY, meta, EntryCaps { input: 10, created })
+    }
+
+    #[test]
+    fn created_names_count_while_they_live() {
+        let mut t = table(2);
+        t.count_created_name().expect("first");
+        t.count_created_name().expect("second");
+        let err = t.count_created_name().expect_err("third is over the cap");
+        assert!(
+            matches!(err, VfsError::CreatedTooMany { limit: 2 }),
+            "{err}"
+        );
+        assert_eq!(t.created_entries, 2);
+
+        // A name of a node the action did not create (an input) frees nothing.
+        t.name_removed(ROOT);
+        assert_eq!(t.created_entries, 2);
+        // An input file with one input name and one the action linked: the
+        // first name removed is taken as the action's, the second frees nothing.
+        let ino = t.input_file(
+            InputFileKey {
+                digest: Digest::of(b"x"),
+                perm: 0o644,
+                mtime: SystemTime::UNIX_EPOCH,
+            },
+            t.get(ROOT).expect("root").meta,
+        );
+        t.get_mut(ino).expect("input").created_names = 1;
+        t.name_removed(ino);
+        assert_eq!(t.created_entries, 1);
+        t.name_removed(ino);
+        assert_eq!(t.created_entries, 1);
+        t.count_created_name().expect("room again");
     }
 }

@@ -206,7 +206,7 @@ impl VfsCore {
                     core.open_cached(ino, digest, reply);
                 }
                 Err(e) => {
-                    core.record_failure(digest, &e);
+                    core.record_failure(Some(digest), &e);
                     reply.error(Errno::EIO);
                 }
             }

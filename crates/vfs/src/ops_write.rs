@@ -1,6 +1,8 @@
 //! Requests that change the tree. Directories are writable everywhere;
 //! input files are not, for any caller. New files are backed by files in the
 //! mount's scratch directory; every name operation edits the node table only.
+//! Each name the action adds counts against `max_created_entries` while it
+//! lives (`NodeTable::count_created_name`, `NodeTable::name_removed`).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -15,6 +17,7 @@ use fuser::{
 };
 
 use crate::core::{LONG_TTL, SHORT_TTL, VfsCore, now};
+use crate::error::VfsError;
 use crate::handles::Handle;
 use crate::node::{Children, Ino, Meta, Node, NodeKind, NodeTable, Pending};
 
@@ -55,16 +58,28 @@ impl VfsCore {
         }
     }
 
-    /// Adds `node` as `name` in `parent`, which must not hold that name.
+    /// Adds `node` as `name` in `parent`, which must not hold that name,
+    /// if the action may add one more name.
     fn add_entry(&self, parent: Ino, name: &OsStr, node: Node) -> Result<Ino, Pending> {
         let mut table = self.table.lock();
         if table.children(parent)?.contains_key(name) {
             return Err(Errno::EEXIST.into());
         }
+        if let Err(error) = table.count_created_name() {
+            drop(table);
+            return Err(self.refuse(&error));
+        }
         let ino = table.insert(node);
         table.children_mut(parent)?.insert(name.to_os_string(), ino);
         touch(&mut table, parent);
         Ok(ino)
+    }
+
+    /// Records a request the mount refuses for the worker's report (once,
+    /// however often the action retries) and gives the caller its errno.
+    fn refuse(&self, error: &VfsError) -> Pending {
+        self.record_failure(None, error);
+        error.errno().into()
     }
 
     /// Creates a directory.
@@ -79,15 +94,13 @@ impl VfsCore {
         let name = name.to_os_string();
         self.drive(
             move |core| {
-                let node = Node {
-                    kind: NodeKind::Dir {
+                let node = Node::created(
+                    NodeKind::Dir {
                         parent,
                         children: Children::Loaded(Default::default()),
                     },
-                    meta: new_meta(mode, caller),
-                    nlink: 1,
-                    open: 0,
-                };
+                    new_meta(mode, caller),
+                );
                 let ino = core.add_entry(parent, &name, node)?;
                 Ok(core.attr(&core.table.lock(), ino)?)
             },
@@ -108,14 +121,12 @@ impl VfsCore {
         let target = target.as_os_str().to_os_string();
         self.drive(
             move |core| {
-                let node = Node {
-                    kind: NodeKind::Symlink {
+                let node = Node::created(
+                    NodeKind::Symlink {
                         target: target.clone(),
                     },
-                    meta: new_meta(0o777, caller),
-                    nlink: 1,
-                    open: 0,
-                };
+                    new_meta(0o777, caller),
+                );
                 let ino = core.add_entry(parent, &name, node)?;
                 Ok(core.attr(&core.table.lock(), ino)?)
             },
@@ -146,12 +157,7 @@ impl VfsCore {
                     Some(kind) => core.add_entry(
                         parent,
                         &name,
-                        Node {
-                            kind: NodeKind::Special { kind },
-                            meta: new_meta(mode, caller),
-                            nlink: 1,
-                            open: 0,
-                        },
+                        Node::created(NodeKind::Special { kind }, new_meta(mode, caller)),
                     )?,
                 };
                 Ok(core.attr(&core.table.lock(), ino)?)
@@ -167,18 +173,14 @@ impl VfsCore {
         mode: u32,
         caller: Caller,
     ) -> Result<Ino, Pending> {
-        let node = Node {
-            kind: NodeKind::ScratchFile,
-            meta: new_meta(mode, caller),
-            nlink: 1,
-            open: 0,
-        };
+        let node = Node::created(NodeKind::ScratchFile, new_meta(mode, caller));
         let ino = self.add_entry(parent, name, node)?;
         if let Err(e) = File::create_new(self.scratch_path(ino)) {
             let mut table = self.table.lock();
             if let Ok(children) = table.children_mut(parent) {
                 children.remove(name);
             }
+            table.name_removed(ino);
             table.remove(ino);
             return Err(Errno::from(e).into());
         }
@@ -372,6 +374,7 @@ impl VfsCore {
                 }
                 table.children_mut(parent)?.remove(&name);
                 touch(&mut table, parent);
+                table.name_removed(ino);
                 table.remove(ino);
                 Ok(())
             },
@@ -379,7 +382,8 @@ impl VfsCore {
         );
     }
 
-    /// Adds a hard link to a non-directory.
+    /// Adds a hard link to a non-directory: one more name the action added,
+    /// whatever the node.
     pub fn link(self: &Arc<Self>, ino: Ino, parent: Ino, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_os_string();
         self.drive(
@@ -388,14 +392,18 @@ impl VfsCore {
                 if matches!(table.get(ino)?.kind, NodeKind::Dir { .. }) {
                     return Err(Errno::EPERM.into());
                 }
-                let children = table.children_mut(parent)?;
-                if children.contains_key(&name) {
+                if table.children(parent)?.contains_key(&name) {
                     return Err(Errno::EEXIST.into());
                 }
-                children.insert(name.clone(), ino);
+                if let Err(error) = table.count_created_name() {
+                    drop(table);
+                    return Err(core.refuse(&error));
+                }
+                table.children_mut(parent)?.insert(name.clone(), ino);
                 touch(&mut table, parent);
                 let node = table.get_mut(ino)?;
                 node.nlink += 1;
+                node.created_names += 1;
                 node.meta.ctime = now();
                 Ok(core.attr(&table, ino)?)
             },
@@ -471,8 +479,10 @@ impl VfsCore {
         set_parent(table, ino, new_parent);
         touch(table, parent);
         touch(table, new_parent);
+        // The moved name keeps whatever it counted; the replaced one is gone.
         if let Some(target) = target {
             if is_dir(table, target) {
+                table.name_removed(target);
                 table.remove(target);
             } else {
                 self.unlinked(table, target);
@@ -486,6 +496,7 @@ impl VfsCore {
 
     /// One name of `ino` is gone.
     fn unlinked(&self, table: &mut NodeTable, ino: Ino) {
+        table.name_removed(ino);
         if let Ok(node) = table.get_mut(ino) {
             node.nlink = node.nlink.saturating_sub(1);
             node.meta.ctime = now();

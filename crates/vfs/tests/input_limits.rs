@@ -92,7 +92,7 @@ fn a_lookup_past_the_cap_gets_enospc_and_is_recorded() {
     let failure = failures.last().expect("recorded");
     assert_eq!(failure.kind, FailureKind::TooLarge);
     assert_eq!(failure.code(), tonic::Code::ResourceExhausted);
-    assert_eq!(failure.digest, digest_of(&leaf));
+    assert_eq!(failure.digest, Some(digest_of(&leaf)));
     assert!(
         failure.message.contains("max_input_entries = 100") && failure.message.contains("121"),
         "{failure:?}"
@@ -175,7 +175,7 @@ fn invalid_entries_found_while_the_action_runs_are_invalid_input() {
         let failure = failures.last().expect("recorded");
         assert_eq!(failure.kind, FailureKind::InvalidInput, "{failure:?}");
         assert_eq!(failure.code(), tonic::Code::InvalidArgument);
-        assert_eq!(failure.digest, digest_of(directory));
+        assert_eq!(failure.digest, Some(digest_of(directory)));
         assert!(failure.message.contains(name), "{failure:?}");
         assert!(
             failure.message.contains(&digest_of(directory).to_string()),
@@ -198,5 +198,5 @@ fn a_blob_missing_from_the_cas_is_a_failed_precondition() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].kind, FailureKind::Missing);
     assert_eq!(failures[0].code(), tonic::Code::FailedPrecondition);
-    assert_eq!(failures[0].digest, Digest::of(b"never uploaded"));
+    assert_eq!(failures[0].digest, Some(Digest::of(b"never uploaded")));
 }

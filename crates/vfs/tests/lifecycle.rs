@@ -118,7 +118,7 @@ fn cas_errors_return_eio_and_are_recorded() {
     assert_eq!(fs::read_to_string(f.path("ok.txt")).expect("read"), "fine");
     let failures = f.mount().failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
-    assert_eq!(failures[0].digest, bad);
+    assert_eq!(failures[0].digest, Some(bad));
     assert_eq!(failures[0].kind, FailureKind::Unavailable);
     assert_eq!(failures[0].code(), tonic::Code::Unavailable);
     assert!(
@@ -139,7 +139,10 @@ fn cas_errors_return_eio_and_are_recorded() {
     f.source.failing.lock().insert(*sub);
     let err = fs::read_dir(f.path("sub")).expect_err("listing a directory the CAS fails");
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
-    assert_eq!(f.mount().failures().last().map(|f| f.digest), Some(*sub));
+    assert_eq!(
+        f.mount().failures().last().and_then(|f| f.digest),
+        Some(*sub)
+    );
 }
 
 fn try_mount(root: Directory, extra: Vec<(Digest, bytes::Bytes)>) -> Result<Mount, VfsError> {

@@ -239,11 +239,11 @@ impl ActionDirectory {
     /// explains a command that failed on EIO.
     pub fn first_fetch_failure(&self) -> Option<(Status, bool)> {
         let failure = self.mount.as_ref()?.failures().into_iter().next()?;
-        let status = match failure.kind {
-            FailureKind::Missing => missing_blob_status(failure.digest),
-            FailureKind::Unavailable => Status::unavailable(format!(
-                "reading input {} from the CAS failed while the action ran: {}",
-                failure.digest, failure.message
+        let status = match (failure.kind, failure.digest) {
+            (FailureKind::Missing, Some(digest)) => missing_blob_status(digest),
+            (FailureKind::Unavailable, Some(digest)) => Status::unavailable(format!(
+                "reading input {digest} from the CAS failed while the action ran: {}",
+                failure.message
             )),
             _ => Status::new(failure.code(), failure.message.clone()),
         };
