@@ -135,6 +135,7 @@ impl ActionDirectory {
             input_gid: context.identity.gid,
             allowed_uid: context.identity.own.then_some(context.identity.uid),
             max_input_entries: context.limits.max_input_entries,
+            max_created_entries: context.limits.max_created_entries,
             ..context.mount.clone()
         };
         let mount = Mount::new(
