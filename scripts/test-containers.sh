@@ -10,8 +10,12 @@
 #     Kubernetes manifests grant (deploy/kubernetes/workers.yaml);
 #  4. builds and tests tests/bazel/remote_workspace with Debian's Bazel 4.2.3
 #     against it, and checks that every action ran remotely, that both
-#     containers ran some, in virtual mode, and that commands ran as uid
-#     65534, not root;
+#     containers ran some, in virtual mode, that commands ran as a slot's own
+#     uid (60000 + slot), not root, in the runner's sandbox (only loopback,
+#     only its own processes), that the workers removed every action
+#     directory, including what an action left in its /tmp that root alone
+#     cannot enter or unlink (a 0700 directory, a sticky one, a mode 0 one),
+#     and that a test past its timeout is killed;
 #  5. drain: builds again with fresh action keys, stops the container running
 #     the 8-second //special:slow with SIGTERM (`podman stop -t 60`) while it
 #     runs, and checks that the scheduler shows that worker as draining, that
@@ -169,16 +173,34 @@ scheduler_status() {
 }
 
 # --- 3. two worker containers -----------------------------------------------
-# The same capabilities as deploy/kubernetes/workers.yaml, and nothing else:
-#   SYS_ADMIN  mount(2) of /dev/fuse, FUSE passthrough, PID namespaces
-#   SETUID, SETGID  the runner switching each command to nobody
-#   KILL       the runner killing a timed-out command of another uid
-# and no_new_privs, as allowPrivilegeEscalation: false sets it.
-caps=(--cap-drop all --cap-add SYS_ADMIN,SETUID,SETGID,KILL --security-opt no-new-privileges)
+# The same capabilities as deploy/kubernetes/workers.yaml, and nothing else
+# (the worker and its runner child share the container's one set):
+#   SYS_ADMIN  mount(2) of /dev/fuse, FUSE passthrough; the runner's PID,
+#              mount, IPC and network namespaces and the mounts in them
+#   NET_ADMIN  the runner bringing up loopback in each command's network
+#              namespace
+#   SETUID, SETGID  the runner switching each command to its slot's ids
+#   CHOWN      the worker giving each action directory to its slot's group
+#              and its tmp/ to the slot's user
+#   DAC_OVERRIDE  the worker creating output directories in the mount (its
+#              root is 0700 for the slot's uid) and emptying the action's
+#              tmp/; the runner entering the working directory as root
+#   FOWNER     the worker unlinking in sticky directories the action made
+# and no_new_privs, as allowPrivilegeEscalation: false sets it. Phase 4
+# fails without any one of them. No KILL: the runner kills a timed-out
+# command through the init of its PID namespace, which stays root (phase 4
+# times out //special:sleeps to show it).
+caps=(--cap-drop all
+    --cap-add SYS_ADMIN,NET_ADMIN,SETUID,SETGID,CHOWN,DAC_OVERRIDE,FOWNER
+    --security-opt no-new-privileges)
 # Podman's default rlimits (1048576 open files) can exceed the host's hard
 # limits, which runc may then not raise; stay within them.
 hard_nofile=$(ulimit -Hn)
 nofile=$((hard_nofile < 65536 ? hard_nofile : 65536))
+# Without SYS_RESOURCE the runner cannot raise a hard limit, so the
+# container's must cover the runner's default max_open_files.
+((nofile >= 16384)) ||
+    fail "the hard limit on open files here is $hard_nofile; commands need 16384 (runner max_open_files)"
 limits=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=16384:16384)
 
 for c in "${containers[@]}"; do
@@ -218,6 +240,31 @@ passed=$((passed + 1))
 
 # --- 4. a C++ build and test across both containers ----------------------------
 cp -r tests/bazel/remote_workspace "$work/ws"
+# //sandbox:probe reports what its command sees of the runner's sandbox, and
+# leaves in its /tmp (the action's tmp/, the slot user's, 0700) what root
+# can list and empty only with DAC_OVERRIDE (0700 and mode 0 directories)
+# and FOWNER (a sticky one).
+mkdir "$work/ws/sandbox"
+cat >"$work/ws/sandbox/BUILD" <<'EOF'
+genrule(
+    name = "probe",
+    outs = ["nested/probe.txt"],
+    cmd = "$(location probe.sh) > $@",
+    tools = ["probe.sh"],
+)
+EOF
+cat >"$work/ws/sandbox/probe.sh" <<'EOF'
+#!/bin/sh
+set -e
+echo "uid $(id -u)"
+echo "init $(tr '\0' ' ' </proc/1/cmdline | cut -d' ' -f2)"
+echo "interfaces $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | xargs)"
+echo "workers-visible $(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -c 'lazybarn[ ]worker' || true)"
+mkdir -m 0700 /tmp/private && echo secret >/tmp/private/file && chmod 0600 /tmp/private/file
+mkdir -m 1777 /tmp/sticky && echo x >/tmp/sticky/file
+mkdir /tmp/locked && touch /tmp/locked/file && chmod 0 /tmp/locked
+EOF
+chmod 0755 "$work/ws/sandbox/probe.sh"
 overrides=$repo/tests/bazel/overrides
 bazel_startup=(--output_user_root="$work/bazel-root" --nohome_rc --noworkspace_rc --max_idle_secs=300)
 bazel_flags=(
@@ -275,10 +322,51 @@ for c in "${containers[@]}"; do
 done
 passed=$((passed + 1))
 
-bazel_run build //special:whoami
-uid=$(cat "$(bazel_cmd info "${bazel_flags[@]}" bazel-bin 2>/dev/null)/special/whoami.txt")
-[[ "$uid" == 65534 ]] || fail "//special:whoami ran as uid $uid, not 65534 (nobody)"
-log "actions run as uid $uid; build and test took $((SECONDS - started))s in all"
+# Each container's 2 slots run as uids 60000 and 60001 (first_slot_id).
+bazel_run build //special:whoami //sandbox:probe
+bazel_bin=$(bazel_cmd info "${bazel_flags[@]}" bazel-bin 2>/dev/null)
+uid=$(cat "$bazel_bin/special/whoami.txt")
+[[ "$uid" == 6000[01] ]] || fail "//special:whoami ran as uid $uid, not a slot's own (60000, 60001)"
+probe=$(cat "$bazel_bin/sandbox/nested/probe.txt")
+expected="uid 6000[01]
+init runner
+interfaces lo
+workers-visible 0"
+# shellcheck disable=SC2053  # the right side is a pattern
+[[ "$probe" == $expected ]] ||
+    fail "//sandbox:probe saw '$(echo "$probe" | xargs)', not its slot's uid, the runner's" \
+        "init as pid 1 of its own PID namespace, loopback alone and a /proc without the worker"
+# Action directories are removed before each result is reported, so none
+# may be left by now, and removing none may have failed.
+for c in "${containers[@]}"; do
+    "${podman[@]}" logs "$c" >"$work/$c.log" 2>&1
+    build_dir=$(sed -n 's/^lazybarn build directory: \(.*\) (virtual)$/\1/p' "$work/$c.log")
+    left=$("${podman[@]}" exec "$c" find "$build_dir" -mindepth 1 -maxdepth 1)
+    [[ -z "$left" ]] || fail "$c left action directories behind: $left"
+    if grep -E 'WARN.*(removing|creating|chown)' "$work/$c.log" >&2; then
+        fail "$c could not handle an action directory (above)"
+    fi
+done
+
+# A test that sleeps 600 s with a 3 s timeout: the runner must kill its
+# whole tree, which runs as a slot's uid, in time.
+timeout_started=$SECONDS
+if bazel_cmd test "${bazel_flags[@]}" --test_timeout=3 //special:sleeps \
+    >"$work/bazel.out" 2>"$work/bazel.log"; then
+    fail "//special:sleeps passed; it should have timed out"
+fi
+grep -qE '^TIMEOUT: //special:sleeps|^//special:sleeps +TIMEOUT' "$work/bazel.out" "$work/bazel.log" || {
+    tail -n 20 "$work/bazel.log" >&2
+    fail "//special:sleeps did not time out"
+}
+for c in "${containers[@]}"; do
+    if "${podman[@]}" top "$c" args | grep -q 'sleep 600'; then
+        fail "$c still runs the timed-out //special:sleeps"
+    fi
+done
+log "actions run as uid $uid in their sandbox; every action directory was removed;" \
+    "a timed-out test was killed in $((SECONDS - timeout_started))s;" \
+    "build and test took $((SECONDS - started))s in all"
 passed=$((passed + 1))
 
 # --- 5. drain on SIGTERM --------------------------------------------------------
@@ -340,7 +428,7 @@ test_drain() {
 # The images run with the ConfigMaps of deploy/kubernetes, the way the
 # manifests run them: the scheduler as uid 65532 with a read-only root, no
 # capabilities and its storage on a volume; a worker with a read-only root
-# and the four capabilities above. They share a network namespace of their
+# and the capabilities above. They share a network namespace of their
 # own (the scheduler container's, with no network) where the Services' names
 # resolve to loopback; Bazel builds from inside it, and both probe endpoints
 # must answer.

@@ -1,9 +1,10 @@
 //! Structural checks of `deploy/`: the Kubernetes manifests hang together
 //! (every ConfigMap, volume, port and device they name exists), the workers
-//! get /dev/fuse, the capabilities FUSE and the runner need and no more,
-//! probes, resources and time to drain, and every TOML configuration in
-//! `deploy/` is one the binaries accept (parsed by the binaries' own config
-//! types, which refuse unknown keys).
+//! get /dev/fuse, the capabilities FUSE and the runner's sandbox need and no
+//! more (in the manifests, the systemd units and the container test alike),
+//! probes, resources and time to drain, slot ids the runner accepts, and
+//! every TOML configuration in `deploy/` is one the binaries accept (parsed
+//! by the binaries' own config types, which refuse unknown keys).
 //!
 //! `kubernetes-validate` checks the manifests against the Kubernetes schemas
 //! (scripts/test runs it); this test checks what a schema cannot.
@@ -14,15 +15,52 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use lazybarn_runner::RunnerConfig;
+use lazybarn_runner::config::IdRange;
 use lazybarn_scheduler::ServerConfig;
 use lazybarn_worker::WorkerConfig;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-/// The capabilities a worker container gets: mount(2) and PID namespaces
-/// (SYS_ADMIN), switching to the action uid (SETUID, SETGID), killing a
-/// timed-out command of that uid (KILL).
-const WORKER_CAPABILITIES: [&str; 4] = ["KILL", "SETGID", "SETUID", "SYS_ADMIN"];
+/// The capabilities of `lazybarn-runner.service`: the namespaces of each
+/// command's sandbox and the mounts in them (SYS_ADMIN), loopback in its
+/// network namespace (NET_ADMIN), switching to the slot's uid and gid
+/// (SETUID, SETGID), checking and entering the working directory as root
+/// in a mount whose root is 0700 for the slot's uid (DAC_READ_SEARCH). No
+/// KILL: a timed-out command is killed through its namespace's init, which
+/// stays root.
+const RUNNER_UNIT_CAPABILITIES: [&str; 5] = [
+    "CAP_DAC_READ_SEARCH",
+    "CAP_NET_ADMIN",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SYS_ADMIN",
+];
+
+/// The capabilities of `lazybarn-worker.service`: FUSE mounts and
+/// passthrough (SYS_ADMIN), giving the action directory to the slot's group
+/// and its tmp/ to its user (CHOWN), output directories in the slot's 0700
+/// mount and emptying what the action left in 0700 directories and 0600
+/// files (DAC_OVERRIDE), unlinking in sticky directories the action made
+/// (FOWNER).
+const WORKER_UNIT_CAPABILITIES: [&str; 4] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_SYS_ADMIN",
+];
+
+/// The capabilities a worker container gets: the worker and its runner
+/// child share one set, so both units' sets together, with DAC_OVERRIDE
+/// covering the runner's DAC_READ_SEARCH.
+const WORKER_CAPABILITIES: [&str; 7] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "NET_ADMIN",
+    "SETGID",
+    "SETUID",
+    "SYS_ADMIN",
+];
 
 /// Seconds a worker needs past its drain timeout to give work back and
 /// unmount before the kubelet's SIGKILL.
@@ -328,6 +366,103 @@ fn workers_get_fuse_and_no_more_privilege_than_it_needs() -> Result<()> {
         config.action_uid != 0 && config.action_gid != 0,
         "actions must not run as root"
     );
+
+    // Each slot runs as its own uid, which the runner child (started with
+    // the runner's defaults: no runner.toml in the pod) must accept for
+    // every slot the CPU limit gives.
+    ensure!(config.isolate_slots, "slots must run as users of their own");
+    ensure!(
+        !config.allow_host_network,
+        "actions must not get the host's network"
+    );
+    let cpus: u32 = str_at(container, &["resources", "limits", "cpu"])?
+        .parse()
+        .context("the CPU limit is a whole number of cores (one slot each)")?;
+    slot_ids_allowed(config.first_slot_id, cpus, RunnerConfig::new("/s").slot_ids)?;
+    Ok(())
+}
+
+/// Checks that slots `0..slots` from `first` all have ids the runner
+/// accepts, none of them 0.
+fn slot_ids_allowed(first: u32, slots: u32, runner: IdRange) -> Result<()> {
+    ensure!(slots > 0, "no slots");
+    let last = first
+        .checked_add(slots - 1)
+        .context("slot ids past the largest uid")?;
+    ensure!(
+        first != 0 && runner.contains(first) && runner.contains(last),
+        "slots run as {first}..={last}, the runner accepts {runner}"
+    );
+    Ok(())
+}
+
+/// The `--cap-add` capabilities `scripts/test-containers.sh` gives its
+/// worker containers, sorted.
+fn test_container_capabilities() -> Result<Vec<String>> {
+    let path = deploy_dir().join("../scripts/test-containers.sh");
+    let script =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut caps: Vec<String> = script
+        .split_once("--cap-add ")
+        .context("test-containers.sh adds no capability")?
+        .1
+        .split_whitespace()
+        .next()
+        .context("--cap-add names nothing")?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    caps.sort_unstable();
+    Ok(caps)
+}
+
+#[test]
+fn every_place_grants_exactly_the_capabilities_needed() -> Result<()> {
+    let sorted = |line: &str| {
+        let mut caps: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        caps.sort_unstable();
+        caps
+    };
+    let runner = sorted(directive(
+        &systemd_file("lazybarn-runner.service")?,
+        "CapabilityBoundingSet",
+    )?);
+    ensure!(
+        runner == RUNNER_UNIT_CAPABILITIES,
+        "lazybarn-runner.service keeps {runner:?}"
+    );
+    let worker = sorted(directive(
+        &systemd_file("lazybarn-worker.service")?,
+        "CapabilityBoundingSet",
+    )?);
+    ensure!(
+        worker == WORKER_UNIT_CAPABILITIES,
+        "lazybarn-worker.service keeps {worker:?}"
+    );
+
+    // The container's one set is both units' sets, and no more.
+    let mut both: Vec<&str> = RUNNER_UNIT_CAPABILITIES
+        .iter()
+        .chain(&WORKER_UNIT_CAPABILITIES)
+        .map(|cap| cap.trim_start_matches("CAP_"))
+        .map(|cap| match cap {
+            "DAC_READ_SEARCH" => "DAC_OVERRIDE",
+            other => other,
+        })
+        .collect();
+    both.sort_unstable();
+    both.dedup();
+    ensure!(
+        both == WORKER_CAPABILITIES,
+        "the container set {WORKER_CAPABILITIES:?} is not the units' {both:?}"
+    );
+
+    // scripts/test-containers.sh runs the containers as workers.yaml does.
+    let tested = test_container_capabilities()?;
+    ensure!(
+        tested == WORKER_CAPABILITIES,
+        "scripts/test-containers.sh adds {tested:?}, the manifests {WORKER_CAPABILITIES:?}"
+    );
     Ok(())
 }
 
@@ -498,6 +633,20 @@ fn the_systemd_configurations_parse_and_agree() -> Result<()> {
         runner.user == "nobody" && worker.action_uid == 65534,
         "the action uid differs"
     );
+    ensure!(worker.isolate_slots, "slots must run as users of their own");
+    slot_ids_allowed(
+        worker.first_slot_id,
+        u32::try_from(worker.slots)?,
+        runner.slot_ids,
+    )?;
+    ensure!(
+        !worker.allow_host_network,
+        "actions must not get the host's network"
+    );
+    ensure!(
+        runner.mount_and_network_namespaces,
+        "commands must get their own /proc, /tmp and network"
+    );
 
     let worker_unit = systemd_file("lazybarn-worker.service")?;
     let runner_unit = systemd_file("lazybarn-runner.service")?;
@@ -552,6 +701,18 @@ fn the_systemd_configurations_parse_and_agree() -> Result<()> {
             );
         }
     }
+    // Without CAP_SYS_RESOURCE the runner cannot raise a hard limit above
+    // its own, so the unit's must cover the commands' limit.
+    let nofile: u64 = directive(&runner_unit, "LimitNOFILE")?
+        .rsplit(':')
+        .next()
+        .context("LimitNOFILE=")?
+        .parse()?;
+    ensure!(
+        runner.limits.max_open_files <= nofile,
+        "runner.toml's max_open_files {} is above the unit's LimitNOFILE {nofile}",
+        runner.limits.max_open_files
+    );
     let stop = directive(&worker_unit, "TimeoutStopSec")?;
     let stop = humantime_seconds(stop)?;
     ensure!(
