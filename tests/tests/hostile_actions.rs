@@ -340,6 +340,42 @@ fn a_huge_log_is_capped_and_streamed_not_held_in_memory() -> Result<()> {
     up.stop()
 }
 
+/// A cap on what an action may create, low enough for a quick test.
+const SMALL_CREATED_CAP: u64 = 1_000;
+
+#[test]
+fn an_action_creating_more_entries_than_the_cap_is_refused() -> Result<()> {
+    let _serial = one_at_a_time();
+    in_each_mode(|mode| {
+        let dir = ScratchDir::new("created")?;
+        let cap = SMALL_CREATED_CAP.to_string();
+        let (up, remote) = start(&dir, mode, &["--max-created-entries", &cap])?;
+        // Each of these files is a node in the worker's memory (virtual) or
+        // an entry capture would list (native): 2,000 of them, over the cap.
+        let make = "mkdir -p out && cd out && for i in $(seq 2000); do : > f$i; done; true";
+        let spec = ActionSpec::shell(make).outputs(&["out"]);
+        let response = remote.execute(&spec, WAIT)?;
+        ensure_refused(
+            &remote,
+            &response,
+            Code::ResourceExhausted,
+            &["max_created_entries"],
+        )?;
+        let (_, message) = status_of(&response);
+        ensure!(
+            names_figure(message, SMALL_CREATED_CAP),
+            "the refusal does not name the cap {SMALL_CREATED_CAP}: {message:?}"
+        );
+        // Under the cap, the same kind of action is captured whole.
+        let fits = "mkdir -p out && cd out && for i in $(seq 500); do : > f$i; done";
+        let response = remote.execute(&ActionSpec::shell(fits).outputs(&["out"]), WAIT)?;
+        let (code, message) = status_of(&response);
+        ensure!(code == Code::Ok, "500 files under the cap: {code:?} {message}");
+        ensure_node_works(&remote)?;
+        up.stop()
+    })
+}
+
 #[test]
 fn shared_subtrees_over_the_input_entry_cap_are_refused_quickly() -> Result<()> {
     let _serial = one_at_a_time();
