@@ -90,7 +90,7 @@ pub fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError
         own_user_namespace: false,
         slot_ids: config.slot_ids,
         mount_and_network_namespaces: config.mount_and_network_namespaces,
-        limits: limits_within_reach(config.limits, root),
+        limits: limits_within_reach(config.limits, may_raise_hard_limits()),
     };
     if root {
         return Ok(policy);
@@ -117,15 +117,34 @@ pub fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError
     })
 }
 
-/// `limits`, each lowered to what this runner may set: a runner that is not
-/// root cannot raise a hard limit above its own (a user namespace does not
-/// change that), and nobody can raise `RLIMIT_NOFILE` above `fs.nr_open`.
-fn limits_within_reach(limits: Limits, root: bool) -> Limits {
+/// Whether this process may raise a hard resource limit above its own:
+/// only with `CAP_SYS_RESOURCE` in effect. Root alone is not enough; a
+/// container or a systemd unit commonly drops that capability.
+fn may_raise_hard_limits() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|effective| effective & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// `limits`, each lowered to what this runner may set: without
+/// `CAP_SYS_RESOURCE` it cannot raise a hard limit above its own (a user
+/// namespace does not change that), and nobody can raise `RLIMIT_NOFILE`
+/// above `fs.nr_open`.
+fn limits_within_reach(limits: Limits, may_raise: bool) -> Limits {
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok());
     let lower = |name: &str, resource: libc::__rlimit_resource_t, value: u64| {
-        let own = if root { None } else { own_hard_limit(resource) };
+        let own = if may_raise {
+            None
+        } else {
+            own_hard_limit(resource)
+        };
         let system = if resource == libc::RLIMIT_NOFILE {
             nr_open
         } else {
@@ -181,4 +200,31 @@ fn user_namespaces_allowed() -> bool {
     // Debian's own switch, on kernels that have it; then the general limit.
     setting("/proc/sys/kernel/unprivileged_userns_clone") != Some(0)
         && setting("/proc/sys/user/max_user_namespaces") != Some(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_stay_within_the_runners_own_unless_it_may_raise_them() {
+        let own = own_hard_limit(libc::RLIMIT_NOFILE).expect("open files are limited");
+        let asked = Limits {
+            max_processes: 1,
+            max_open_files: own + 1,
+            max_file_size_bytes: 1,
+        };
+        let lowered = limits_within_reach(asked, false);
+        assert_eq!(lowered.max_open_files, own, "without CAP_SYS_RESOURCE");
+        assert_eq!((lowered.max_processes, lowered.max_file_size_bytes), (1, 1));
+        let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .expect("nr_open")
+            .trim()
+            .parse()
+            .expect("a number");
+        if own < nr_open {
+            let kept = limits_within_reach(asked, true);
+            assert_eq!(kept.max_open_files, own + 1, "with CAP_SYS_RESOURCE");
+        }
+    }
 }
