@@ -85,6 +85,11 @@ pub struct SandboxArgs {
     /// namespace of their own.
     #[arg(long)]
     pub allow_host_network: bool,
+    /// The uid and gid of the first slot's actions; slot i runs as this
+    /// plus i. Workers sharing a host need ranges that do not overlap
+    /// [default: 60000].
+    #[arg(long, value_name = "ID")]
+    pub first_slot_id: Option<u32>,
     /// Most files, directories and symlinks in an action's input tree,
     /// counted per path [default: 200000].
     #[arg(long, value_name = "N")]
@@ -106,6 +111,9 @@ impl SandboxArgs {
     /// Sets the values given in `config`.
     pub fn apply(&self, config: &mut lazybarn_worker::WorkerConfig) {
         config.allow_host_network |= self.allow_host_network;
+        if let Some(id) = self.first_slot_id {
+            config.first_slot_id = id;
+        }
         if let Some(n) = self.max_input_entries {
             config.max_input_entries = n;
         }
@@ -229,6 +237,25 @@ pub struct RunnerArgs {
     /// Chroot every command into its request's input root.
     #[arg(long)]
     pub chroot_into_input_root: bool,
+    /// The ids a worker may ask commands to run as, one per slot, as
+    /// FIRST:COUNT; `0:0` allows none besides --user [default: 60000:1024].
+    #[arg(long, value_name = "FIRST:COUNT", value_parser = parse_id_range)]
+    pub slot_ids: Option<lazybarn_runner::config::IdRange>,
+}
+
+/// Parses `FIRST:COUNT`.
+fn parse_id_range(text: &str) -> Result<lazybarn_runner::config::IdRange, String> {
+    let (first, count) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not FIRST:COUNT"))?;
+    let number = |part: &str| {
+        part.parse::<u32>()
+            .map_err(|e| format!("{part:?} in {text:?}: {e}"))
+    };
+    Ok(lazybarn_runner::config::IdRange {
+        first: number(first)?,
+        count: number(count)?,
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +292,29 @@ mod tests {
         };
         assert_eq!(worker.drain_timeout, Some(Duration::from_secs(120)));
         assert!(Cli::try_parse_from(["lazybarn", "up", "--drain-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn slot_id_ranges_parse() {
+        let cli = Cli::parse_from([
+            "lazybarn",
+            "runner",
+            "--socket",
+            "/s",
+            "--slot-ids",
+            "70000:4",
+        ]);
+        let Command::Runner(runner) = cli.command else {
+            panic!("not runner: {cli:?}")
+        };
+        let range = runner.slot_ids.expect("given");
+        assert_eq!((range.first, range.count), (70000, 4));
+        for bad in ["70000", "a:4", "1:-1"] {
+            assert!(
+                Cli::try_parse_from(["lazybarn", "runner", "--slot-ids", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -297,10 +297,9 @@ async fn start_worker(
     settings: &WorkerSettings,
     layout: &Layout,
 ) -> Result<Piece<LazybarnError>, LazybarnError> {
-    // Started from the main task on purpose: see `RunnerChild::start`.
-    let runner =
-        RunnerChild::start(&layout.runner_socket, settings.user.uid, settings.user.gid).await?;
     let config = worker_config(settings, layout);
+    // Started from the main task on purpose: see `RunnerChild::start`.
+    let runner = RunnerChild::start(&config).await?;
     let (stop, stop_rx) = watch::channel(Stop::Run);
     Ok(Piece {
         task: Some(tokio::spawn(run_worker(

@@ -97,6 +97,9 @@ fn runner_config(args: RunnerArgs) -> Result<RunnerConfig, LazybarnError> {
         config.group = args.group;
     }
     config.chroot_into_input_root |= args.chroot_into_input_root;
+    if let Some(range) = args.slot_ids {
+        config.slot_ids = range;
+    }
     Ok(config)
 }
 
@@ -119,6 +122,7 @@ mod tests {
             user: Some("1234".to_string()),
             group: None,
             chroot_into_input_root: false,
+            slot_ids: None,
         }
     }
 

@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 
+use lazybarn_worker::WorkerConfig;
+
 use crate::error::LazybarnError;
 
 /// How long the runner may take to answer its first `CheckReadiness`.
@@ -35,14 +37,24 @@ pub struct RunnerChild {
 }
 
 impl RunnerChild {
-    /// Starts `lazybarn runner` listening on `socket`, running commands as
-    /// `uid`:`gid`, and waits until it answers.
+    /// Starts `lazybarn runner` for the worker configured by `worker`: on its
+    /// `runner_socket`, running commands as its `action_uid`:`action_gid`,
+    /// or as the ids of its slots and no others when slots have ids of their
+    /// own; and waits until it answers.
     ///
     /// Call this from the task that lives as long as the process (the main
     /// future): the child is told to get SIGTERM when the thread that started
     /// it exits, so that a `lazybarn` killed with SIGKILL leaves no runner
     /// behind.
-    pub async fn start(socket: &Path, uid: u32, gid: u32) -> Result<Self, LazybarnError> {
+    pub async fn start(worker: &WorkerConfig) -> Result<Self, LazybarnError> {
+        let socket = worker.runner_socket.as_path();
+        let (uid, gid) = (worker.action_uid, worker.action_gid);
+        // Only this worker's slot ids: another worker on the host has its own.
+        let slot_ids = if worker.isolate_slots {
+            format!("{}:{}", worker.first_slot_id, worker.slots.max(1))
+        } else {
+            "0:0".to_string()
+        };
         let exe = std::env::current_exe()
             .map_err(|e| LazybarnError::RunnerChild(format!("finding this executable: {e}")))?;
         let mut command = Command::new(&exe);
@@ -51,6 +63,7 @@ impl RunnerChild {
             .arg("--socket")
             .arg(socket)
             .args(["--user", &uid.to_string(), "--group", &gid.to_string()])
+            .args(["--slot-ids", &slot_ids])
             .stdin(Stdio::null())
             // The runner logs on stderr, next to ours; our stdout is for
             // the lines scripts wait for.

@@ -270,7 +270,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), LazybarnError> {
     let runner = if args.external_runner {
         None
     } else {
-        Some(RunnerChild::start(&config.runner_socket, config.action_uid, config.action_gid).await?)
+        Some(RunnerChild::start(&config).await?)
     };
     // /metrics stays up while the worker drains, for probes and scrapes.
     let (done, done_rx) = watch::channel(Stop::Run);
