@@ -140,28 +140,21 @@ pub struct WorkerSettings {
 /// as this process's user.
 pub fn worker_config(settings: &WorkerSettings, layout: &Layout) -> WorkerConfig {
     let mut config = WorkerConfig {
-        scheduler: settings.scheduler.clone(),
         cas: settings.cas.clone(),
-        worker_id: None,
         slots: settings.slots,
         platform: settings.platform.clone(),
-        build_directory: layout.build_dir.clone(),
-        cache_directory: layout.cache_dir.clone(),
         max_cache_bytes: settings.max_cache_bytes,
         build_mode: settings.mode,
-        passthrough: true,
-        runner_socket: layout.runner_socket.clone(),
         action_uid: settings.user.uid,
         action_gid: settings.user.gid,
-        fetch_concurrency: 32,
         drain_timeout: settings.drain_timeout,
         isolate_slots: nix::unistd::geteuid().is_root(),
-        first_slot_id: lazybarn_worker::config::DEFAULT_FIRST_SLOT_ID,
-        allow_host_network: false,
-        max_input_entries: lazybarn_worker::config::DEFAULT_MAX_INPUT_ENTRIES,
-        max_output_bytes: lazybarn_worker::config::DEFAULT_MAX_OUTPUT_BYTES,
-        max_created_entries: lazybarn_worker::config::DEFAULT_MAX_CREATED_ENTRIES,
-        max_log_bytes: lazybarn_worker::config::DEFAULT_MAX_LOG_BYTES,
+        ..WorkerConfig::new(
+            settings.scheduler.clone(),
+            layout.build_dir.clone(),
+            layout.cache_dir.clone(),
+            layout.runner_socket.clone(),
+        )
     };
     settings.sandbox.apply(&mut config);
     config

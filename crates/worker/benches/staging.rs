@@ -20,7 +20,6 @@
 //! LAZYBARN_BENCH_MODES ("virtual,native"), LAZYBARN_BENCH_PLOT_DATA (a
 //! file to write "files virtual_ms native_ms" rows into, for the plot).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -201,28 +200,15 @@ impl Farm {
         }));
 
         let config = WorkerConfig {
-            scheduler: format!("grpc://{}", server.addr),
-            cas: None,
             worker_id: Some(format!("bench-{mode:?}")),
-            slots: 1,
-            platform: BTreeMap::new(),
-            build_directory: dir.path().join("build"),
-            cache_directory: dir.path().join("cache"),
             max_cache_bytes: 8 << 30,
             build_mode: mode,
-            passthrough: true,
-            runner_socket: socket,
-            action_uid: 65534,
-            action_gid: 65534,
-            fetch_concurrency: 32,
-            drain_timeout: lazybarn_worker::config::DEFAULT_DRAIN_TIMEOUT,
-            isolate_slots: true,
-            first_slot_id: lazybarn_worker::config::DEFAULT_FIRST_SLOT_ID,
-            allow_host_network: false,
-            max_input_entries: lazybarn_worker::config::DEFAULT_MAX_INPUT_ENTRIES,
-            max_output_bytes: lazybarn_worker::config::DEFAULT_MAX_OUTPUT_BYTES,
-            max_created_entries: lazybarn_worker::config::DEFAULT_MAX_CREATED_ENTRIES,
-            max_log_bytes: lazybarn_worker::config::DEFAULT_MAX_LOG_BYTES,
+            ..WorkerConfig::new(
+                format!("grpc://{}", server.addr),
+                dir.path().join("build"),
+                dir.path().join("cache"),
+                socket,
+            )
         };
         let (stop_worker, worker_stopped) = oneshot::channel::<()>();
         let worker = tokio::spawn(async move {

@@ -203,6 +203,41 @@ fn default_max_log_bytes() -> u64 {
 }
 
 impl WorkerConfig {
+    /// A configuration for a worker of `scheduler` with its directories and
+    /// runner socket, and every other setting at its default (one slot, a
+    /// 10 GiB blob cache). Set fields over it with `..WorkerConfig::new(...)`.
+    pub fn new(
+        scheduler: impl Into<String>,
+        build_directory: impl Into<PathBuf>,
+        cache_directory: impl Into<PathBuf>,
+        runner_socket: impl Into<PathBuf>,
+    ) -> WorkerConfig {
+        WorkerConfig {
+            scheduler: scheduler.into(),
+            cas: None,
+            worker_id: None,
+            slots: 1,
+            platform: BTreeMap::new(),
+            build_directory: build_directory.into(),
+            cache_directory: cache_directory.into(),
+            max_cache_bytes: 10 << 30,
+            build_mode: BuildMode::default(),
+            passthrough: true,
+            runner_socket: runner_socket.into(),
+            action_uid: nobody(),
+            action_gid: nogroup(),
+            isolate_slots: true,
+            first_slot_id: DEFAULT_FIRST_SLOT_ID,
+            allow_host_network: false,
+            max_input_entries: DEFAULT_MAX_INPUT_ENTRIES,
+            max_created_entries: DEFAULT_MAX_CREATED_ENTRIES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            fetch_concurrency: default_fetch_concurrency(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
     /// Parses a TOML document; unknown keys are errors naming them.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

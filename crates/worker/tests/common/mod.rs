@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,28 +110,19 @@ impl Farm {
         let mode = options.mode;
         let worker_id = format!("test-{mode:?}");
         let worker_config = WorkerConfig {
-            scheduler: format!("grpc://{addr}"),
             cas: options.cas,
             worker_id: Some(worker_id.clone()),
             slots: 2,
-            platform: BTreeMap::new(),
-            build_directory: dir.path().join("build"),
-            cache_directory: dir.path().join("cache"),
             max_cache_bytes: 1 << 30,
             build_mode: mode,
-            passthrough: true,
-            runner_socket: socket,
-            action_uid: 65534,
-            action_gid: 65534,
             fetch_concurrency: 8,
             drain_timeout: options.drain_timeout,
-            isolate_slots: true,
-            first_slot_id: lazybarn_worker::config::DEFAULT_FIRST_SLOT_ID,
-            allow_host_network: false,
-            max_input_entries: lazybarn_worker::config::DEFAULT_MAX_INPUT_ENTRIES,
-            max_output_bytes: lazybarn_worker::config::DEFAULT_MAX_OUTPUT_BYTES,
-            max_created_entries: lazybarn_worker::config::DEFAULT_MAX_CREATED_ENTRIES,
-            max_log_bytes: lazybarn_worker::config::DEFAULT_MAX_LOG_BYTES,
+            ..WorkerConfig::new(
+                format!("grpc://{addr}"),
+                dir.path().join("build"),
+                dir.path().join("cache"),
+                socket,
+            )
         };
         let (stop_worker, stop_level) = watch::channel(Stop::Run);
         let worker = tokio::spawn(async move {
