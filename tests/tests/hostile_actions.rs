@@ -370,7 +370,10 @@ fn an_action_creating_more_entries_than_the_cap_is_refused() -> Result<()> {
         let fits = "mkdir -p out && cd out && for i in $(seq 500); do : > f$i; done";
         let response = remote.execute(&ActionSpec::shell(fits).outputs(&["out"]), WAIT)?;
         let (code, message) = status_of(&response);
-        ensure!(code == Code::Ok, "500 files under the cap: {code:?} {message}");
+        ensure!(
+            code == Code::Ok,
+            "500 files under the cap: {code:?} {message}"
+        );
         ensure_node_works(&remote)?;
         up.stop()
     })
