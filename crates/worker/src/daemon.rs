@@ -469,9 +469,9 @@ impl Shared {
     }
 }
 
-/// The configured platform, as REAPI wants it: sorted by name, then value.
-/// The configured platform, plus the `network` values this worker offers
-/// (unless the configuration names that property itself).
+/// The configured platform plus the `network` values this worker offers
+/// (unless the configuration names that property itself), as REAPI wants
+/// it: sorted by name, then value.
 fn platform(config: &WorkerConfig) -> Platform {
     let mut offered = config.platform.clone();
     offered

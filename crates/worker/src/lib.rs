@@ -14,6 +14,11 @@
 //! - [`action`]: the stages in order, timed, into an ExecuteResponse;
 //! - [`paths`]: checks the relative paths an action names before any of
 //!   them touches the disk;
+//! - [`confined`]: every file operation inside an action's directory, by
+//!   directory descriptor and never through a symlink, and walks and
+//!   removals of trees of any depth without recursion;
+//! - [`isolation`]: who each slot's actions run as, the network an action
+//!   may ask for, and the caps on what it may cost the worker;
 //! - [`config`]: the worker's configuration.
 //!
 //! Metrics go through the `metrics` facade: the worker's own
