@@ -77,6 +77,8 @@ pub enum SetupStep {
     NoNewPrivs = 16,
     /// Init mounting an empty tmpfs on /dev/shm.
     MountShm = 17,
+    /// Init mounting a fresh mqueue on /dev/mqueue.
+    MountMqueue = 18,
 }
 
 impl SetupStep {
@@ -101,6 +103,7 @@ impl SetupStep {
             Limits,
             NoNewPrivs,
             MountShm,
+            MountMqueue,
         ]
         .into_iter()
         .find(|step| *step as u32 == raw)
@@ -132,6 +135,7 @@ impl SetupStep {
             SetupStep::Limits => "setting the resource limits (prlimit64)",
             SetupStep::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             SetupStep::MountShm => "mounting an empty tmpfs on /dev/shm",
+            SetupStep::MountMqueue => "mounting a fresh mqueue on /dev/mqueue",
         }
     }
 }
@@ -453,8 +457,9 @@ unsafe fn command_main(plan: &ChildPlan) -> ! {
             ERROR_FD,
             SetupStep::Chdir,
         );
-        // While still privileged, so that hard limits above the runner's
-        // soft ones can be set (the runner lowered them to what it may).
+        // While still privileged, so that hard limits above the runner's own
+        // hard ones can be set where it may (the runner lowered them to what
+        // it may).
         for (resource, value) in plan.limits {
             let limit = libc::rlimit64 {
                 rlim_cur: value,

@@ -58,14 +58,16 @@ pub struct RunnerConfig {
     #[serde(default)]
     pub chroot_into_input_root: bool,
 
-    /// Whether each command gets a mount namespace and a network namespace
-    /// of its own: a fresh /proc that shows only its own processes, the
-    /// request's `temporary_directory` on /tmp, and a network with nothing
-    /// but loopback unless the request sets `host_network`. Default and
+    /// Whether each command gets mount, IPC and network namespaces of its
+    /// own: a fresh /proc that shows only its own processes, an empty
+    /// /dev/shm and /dev/mqueue, the request's `temporary_directory` on
+    /// /tmp, System V IPC of its own, and a network with nothing but
+    /// loopback unless the request sets `host_network`. Default and
     /// recommended: true. Turn it off only on hosts that refuse these
-    /// namespaces (some containers do); commands then see the host's /proc
-    /// and network, and a request with a `temporary_directory` is refused.
-    /// The PID namespace, `no_new_privs` and the limits apply either way.
+    /// namespaces (some containers do); commands then share the host's
+    /// /proc, /dev/shm, IPC and network, and a request with a
+    /// `temporary_directory` is refused. The PID namespace, `no_new_privs`
+    /// and the limits apply either way.
     #[serde(default = "default_true")]
     pub mount_and_network_namespaces: bool,
 
@@ -184,6 +186,17 @@ pub struct Limits {
     /// disks.
     #[serde(default = "default_max_file_size_bytes")]
     pub max_file_size_bytes: u64,
+
+    /// The size of the command's own `/dev/shm` (a tmpfs), in bytes. Its
+    /// pages are memory no process's size shows, so each command's is
+    /// capped. Default: 1 GiB, far above what compilers and test runners
+    /// use (browsers in tests use the most, tens of MiB).
+    #[serde(default = "default_max_shared_memory_bytes")]
+    pub max_shared_memory_bytes: u64,
+}
+
+fn default_max_shared_memory_bytes() -> u64 {
+    1 << 30
 }
 
 fn default_max_processes() -> u64 {
@@ -198,12 +211,32 @@ fn default_max_file_size_bytes() -> u64 {
     64 << 30
 }
 
+impl Limits {
+    /// Refuses a limit of 0, which would make every command fail in a way
+    /// that names no limit (no process could start, no file be opened).
+    pub fn validate(&self) -> Result<(), ServeError> {
+        let named = [
+            ("max_processes", self.max_processes),
+            ("max_open_files", self.max_open_files),
+            ("max_file_size_bytes", self.max_file_size_bytes),
+            ("max_shared_memory_bytes", self.max_shared_memory_bytes),
+        ];
+        match named.into_iter().find(|(_, value)| *value == 0) {
+            Some((name, _)) => Err(ServeError::Config(format!(
+                "[limits] {name} = 0 would let no command run; give it a positive value"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_processes: default_max_processes(),
             max_open_files: default_max_open_files(),
             max_file_size_bytes: default_max_file_size_bytes(),
+            max_shared_memory_bytes: default_max_shared_memory_bytes(),
         }
     }
 }
@@ -377,6 +410,13 @@ mod tests {
         assert_eq!(range.to_string(), "10..=12");
         assert!(!IdRange::EMPTY.contains(0));
         assert!(IdRange { first: 0, count: 5 }.validate().is_err());
+        assert!(Limits::default().validate().is_ok());
+        let none = Limits {
+            max_open_files: 0,
+            ..Limits::default()
+        };
+        let err = none.validate().expect_err("zero open files");
+        assert!(err.to_string().contains("max_open_files"), "{err}");
         assert!(
             IdRange {
                 first: u32::MAX,

@@ -14,9 +14,10 @@
 //!   configured ones, or one of the `slot_ids` a worker gives each slot.
 //! - [`spawn_linux`] starts the command in its sandbox, as that uid and gid;
 //!   [`child_linux`] is what runs in the new processes before `execve`,
-//!   and `sandbox_linux` the part of it that mounts and brings up loopback. [`process_tree::ProcessTree`] waits for the
-//!   command and kills its whole tree on timeout, on cancellation (drop) and
-//!   when the command exits.
+//!   and `sandbox_linux` the part of it that mounts and brings up
+//!   loopback. [`process_tree::ProcessTree`] waits for the command and
+//!   kills its whole tree on timeout, on cancellation (drop) and when the
+//!   command exits.
 //! - [`execution`] ties these together for one request, and
 //!   [`resource_usage`] reports what the command used.
 //! - [`readiness`] answers `CheckReadiness`; [`client`] is how a worker
@@ -27,14 +28,16 @@
 //! - a PID namespace of its own, whose death takes every process with it;
 //! - a mount namespace of its own, with a fresh /proc that shows only the
 //!   command's processes (no other command's `/proc/PID/environ` is within
-//!   reach) and, if the request names one, its `temporary_directory` on
-//!   /tmp;
+//!   reach), an empty /dev/shm of a capped size and a fresh /dev/mqueue
+//!   (neither with chroot), and, if the request names one, its
+//!   `temporary_directory` on /tmp;
+//! - an IPC namespace of its own (System V IPC, POSIX message queues);
 //! - a network namespace of its own with nothing but loopback, unless the
 //!   request sets `host_network`;
 //! - `no_new_privs`, so that no setuid binary or file capability raises it;
 //! - resource limits from [`config::Limits`], and no core dumps.
 //!
-//! The mount and network namespaces can be turned off for hosts that refuse
+//! The mount, IPC and network namespaces can be turned off for hosts that refuse
 //! them (`mount_and_network_namespaces`). `benches/sandbox.rs` measures what
 //! the sandbox costs per command.
 //!

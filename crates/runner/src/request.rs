@@ -58,6 +58,11 @@ pub struct SandboxSpec {
     /// Where an empty tmpfs is mounted for the command's POSIX shared
     /// memory: `/dev/shm` when the host has it; `None` with chroot.
     pub shm_target: Option<CString>,
+    /// That tmpfs's mount options, from `max_shared_memory_bytes`.
+    pub shm_options: CString,
+    /// Where a fresh mqueue is mounted: `/dev/mqueue` when the host has it;
+    /// `None` with chroot.
+    pub mqueue_target: Option<CString>,
     /// Whether the command gets a network namespace with only loopback.
     pub private_network: bool,
 }
@@ -316,8 +321,19 @@ fn sandbox(
         kept_under_tmp,
         shm_target: (chroot.is_none() && is_real_directory(Path::new("/dev/shm")))
             .then(|| c"/dev/shm".to_owned()),
+        shm_options: shm_options(policy.limits.max_shared_memory_bytes),
+        mqueue_target: (chroot.is_none() && is_real_directory(Path::new("/dev/mqueue")))
+            .then(|| c"/dev/mqueue".to_owned()),
         private_network: !request.host_network,
     }))
+}
+
+/// The tmpfs options of a command's /dev/shm: at most `bytes` of memory,
+/// and as many files as 4 KiB pages of it (at least 1,024).
+fn shm_options(bytes: u64) -> CString {
+    let inodes = (bytes / 4096).max(1024);
+    CString::new(format!("size={bytes},nr_inodes={inodes},mode=1777"))
+        .expect("digits and letters hold no NUL")
 }
 
 /// The directory the command works in: its input root, or its working
@@ -429,6 +445,7 @@ mod tests {
             max_processes: 10,
             max_open_files: 10,
             max_file_size_bytes: 10,
+            max_shared_memory_bytes: 10,
         },
     };
 

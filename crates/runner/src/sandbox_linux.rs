@@ -1,6 +1,7 @@
 //! The sandbox half of init's setup: the mounts of the command's new mount
-//! namespace (a fresh /proc, the temporary directory on /tmp) and the
-//! loopback interface of its new network namespace. Runs in init between
+//! namespace (a fresh /proc, an empty /dev/shm, a fresh /dev/mqueue, the
+//! temporary directory on /tmp) and the loopback interface of its new
+//! network namespace. Runs in init between
 //! the clone and starting the command, under the same rules as
 //! [`child_linux`](crate::child_linux): raw system calls on memory the
 //! parent prepared, no allocation, no locks. Why the sandbox looks as it
@@ -27,6 +28,16 @@ pub(crate) struct SandboxPlan {
     /// Where an empty tmpfs goes for POSIX shared memory (`/dev/shm`), or
     /// null for none.
     pub shm_target: *const c_char,
+    /// That tmpfs's mount options: its size and inode caps.
+    pub shm_options: *const c_char,
+    /// Where a fresh mqueue filesystem goes (`/dev/mqueue`, when the host
+    /// has one), or null for none.
+    pub mqueue_target: *const c_char,
+    /// The command's user and group, who own what init makes in its
+    /// temporary directory.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
     /// Whether the tree gets a network namespace of its own (and init
     /// brings up its loopback interface).
     pub private_network: bool,
@@ -38,8 +49,8 @@ pub(crate) struct SandboxPlan {
 ///
 /// The namespace starts as a copy of the runner's mounts. Making them all
 /// slaves first means the host's later mounts and unmounts still reach it,
-/// but nothing mounted here (the fresh /proc, the temporary directory)
-/// reaches the host or another command. The copy includes the FUSE mounts
+/// but nothing mounted here (the fresh /proc, /dev/shm, /dev/mqueue, the
+/// temporary directory) reaches the host or another command. The copy includes the FUSE mounts
 /// of other actions running at this moment; this command cannot use them
 /// (the worker's directory permissions keep it out), and they cannot keep
 /// an unmounted action alive: the worker aborts a FUSE connection before it
@@ -65,7 +76,7 @@ pub(crate) unsafe fn set_up_sandbox(sandbox: SandboxPlan, errors: c_int) {
             let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
             let proc = c"proc".as_ptr();
             check(
-                mount_on(sandbox.proc_target, proc, proc, flags),
+                mount_on(sandbox.proc_target, proc, proc, flags, ptr::null()),
                 errors,
                 SetupStep::MountProc,
             );
@@ -80,9 +91,22 @@ pub(crate) unsafe fn set_up_sandbox(sandbox: SandboxPlan, errors: c_int) {
                     c"tmpfs".as_ptr(),
                     c"tmpfs".as_ptr(),
                     flags,
+                    sandbox.shm_options,
                 ),
                 errors,
                 SetupStep::MountShm,
+            );
+        }
+        if !sandbox.mqueue_target.is_null() {
+            // The host's /dev/mqueue shows the host's IPC namespace: a queue
+            // opened there by path would join two commands after all. A
+            // fresh one shows this command's new IPC namespace only.
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            let mqueue = c"mqueue".as_ptr();
+            check(
+                mount_on(sandbox.mqueue_target, mqueue, mqueue, flags, ptr::null()),
+                errors,
+                SetupStep::MountMqueue,
             );
         }
         if !sandbox.temporary_source.is_null() {
@@ -109,13 +133,21 @@ unsafe fn mount_temporary_directory(sandbox: SandboxPlan) -> c_long {
     let recursive_bind = libc::MS_BIND | libc::MS_REC;
     unsafe {
         if !sandbox.kept_source.is_null() {
+            // Made as the command's user: the temporary directory is its
+            // alone (0700), so root without CAP_DAC_OVERRIDE could not write
+            // there, and nothing of root's is left in it.
+            libc::syscall(libc::SYS_setfsgid, sandbox.gid);
+            libc::syscall(libc::SYS_setfsuid, sandbox.uid);
             let made = libc::syscall(
                 libc::SYS_mkdirat,
                 libc::AT_FDCWD,
                 sandbox.kept_target,
                 0o700,
             );
-            if made < 0 && errno() != libc::EEXIST {
+            let made_errno = errno();
+            libc::syscall(libc::SYS_setfsuid, 0);
+            libc::syscall(libc::SYS_setfsgid, 0);
+            if made < 0 && made_errno != libc::EEXIST {
                 return made;
             }
             let kept = mount_on(
@@ -123,6 +155,7 @@ unsafe fn mount_temporary_directory(sandbox: SandboxPlan) -> c_long {
                 sandbox.kept_source,
                 ptr::null(),
                 recursive_bind,
+                ptr::null(),
             );
             if kept < 0 {
                 return kept;
@@ -133,6 +166,7 @@ unsafe fn mount_temporary_directory(sandbox: SandboxPlan) -> c_long {
             sandbox.temporary_source,
             ptr::null(),
             recursive_bind,
+            ptr::null(),
         )
     }
 }
@@ -145,6 +179,7 @@ unsafe fn mount_on(
     source: *const c_char,
     fstype: *const c_char,
     flags: libc::c_ulong,
+    data: *const c_char,
 ) -> c_long {
     unsafe {
         let fd = libc::syscall(
@@ -158,14 +193,7 @@ unsafe fn mount_on(
         }
         let mut result = libc::syscall(libc::SYS_fchdir, fd);
         if result == 0 {
-            result = libc::syscall(
-                libc::SYS_mount,
-                source,
-                c".".as_ptr(),
-                fstype,
-                flags,
-                ptr::null::<u8>(),
-            );
+            result = libc::syscall(libc::SYS_mount, source, c".".as_ptr(), fstype, flags, data);
         }
         // Keep the mount's errno: close succeeds on this descriptor.
         libc::syscall(libc::SYS_close, fd);

@@ -83,6 +83,7 @@ impl RunnerDaemon {
 pub fn command_policy(config: &RunnerConfig) -> Result<CommandPolicy, ServeError> {
     let credentials = config.credentials()?;
     config.slot_ids.validate()?;
+    config.limits.validate()?;
     let root = nix::unistd::geteuid().is_root();
     let policy = CommandPolicy {
         credentials,
@@ -150,10 +151,7 @@ fn limits_within_reach(limits: Limits, may_raise: bool) -> Limits {
         } else {
             None
         };
-        let ceiling = match (own, system) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let ceiling = [own, system].into_iter().flatten().min();
         match ceiling {
             Some(ceiling) if ceiling < value => {
                 tracing::warn!(
@@ -175,6 +173,7 @@ fn limits_within_reach(limits: Limits, may_raise: bool) -> Limits {
             libc::RLIMIT_FSIZE,
             limits.max_file_size_bytes,
         ),
+        max_shared_memory_bytes: limits.max_shared_memory_bytes,
     }
 }
 
@@ -213,6 +212,7 @@ mod tests {
             max_processes: 1,
             max_open_files: own + 1,
             max_file_size_bytes: 1,
+            ..Limits::default()
         };
         let lowered = limits_within_reach(asked, false);
         assert_eq!(lowered.max_open_files, own, "without CAP_SYS_RESOURCE");

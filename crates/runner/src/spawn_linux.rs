@@ -168,6 +168,13 @@ pub fn spawn(spec: &CommandSpec) -> Result<ProcessTree, RunError> {
                     .shm_target
                     .as_ref()
                     .map_or(ptr::null(), |c| c.as_ptr()),
+                shm_options: sandbox.shm_options.as_ptr(),
+                mqueue_target: sandbox
+                    .mqueue_target
+                    .as_ref()
+                    .map_or(ptr::null(), |c| c.as_ptr()),
+                uid: spec.credentials.uid,
+                gid: spec.credentials.gid,
                 private_network: sandbox.private_network,
             }
         }),

@@ -94,7 +94,8 @@ const LEAVE_SHARED_MEMORY: &str =
     "echo secret > /dev/shm/$MARKER_NAME && ipcmk -M 4096 && sleep 30";
 
 /// What B finds of them.
-const LOOK_FOR_SHARED_MEMORY: &str = "ls -A /dev/shm; ipcs -m | grep -c '^0x' || true";
+const LOOK_FOR_SHARED_MEMORY: &str =
+    "set -o pipefail; ls -A /dev/shm; ipcs -m | { grep -c '^0x' || true; }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_memory_and_ipc_of_another_command_are_out_of_sight() {
@@ -222,6 +223,7 @@ async fn resource_limits_come_from_the_configuration() {
             max_processes: 1000,
             max_open_files: 1024,
             max_file_size_bytes: 1 << 20,
+            ..Limits::default()
         }
     })
     .await;
@@ -240,6 +242,99 @@ async fn resource_limits_come_from_the_configuration() {
     );
     let written = std::fs::metadata(work.path().join("big")).expect("big exists");
     assert_eq!(written.len(), 1 << 20, "stopped at the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_shared_memory_is_capped() {
+    let mut runner = start_runner_with(|config| {
+        config.limits = Limits {
+            max_shared_memory_bytes: 8 << 20,
+            ..Limits::default()
+        }
+    })
+    .await;
+    let work = work_dir();
+    let script = "for i in $(seq 16); do \
+                    head -c 1048576 /dev/zero > /dev/shm/f$i 2>/dev/null || { echo full at $i; exit; }; \
+                  done; echo never full";
+    run_ok(
+        &mut runner.client,
+        request(work.path(), &["bash", "-c", script]),
+    )
+    .await;
+    let output = read_text(work.path().join("stdout"));
+    let at: u32 = output
+        .trim()
+        .strip_prefix("full at ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("16 MiB fit in an 8 MiB /dev/shm: {output:?}"));
+    assert!((8..=9).contains(&at), "full at file {at} of 1 MiB");
+}
+
+/// Gives the host a /dev/mqueue, as systemd does, if it has none. It stays
+/// afterwards: removing it could race with commands of the other tests
+/// here, which mount over it when it exists.
+fn ensure_host_mqueue() {
+    let dir = Path::new("/dev/mqueue");
+    if dir.is_dir() {
+        return;
+    }
+    std::fs::create_dir(dir).expect("mkdir /dev/mqueue");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "mqueue", "mqueue", "/dev/mqueue"])
+        .status()
+        .expect("mount runs");
+    assert!(status.success(), "mounting mqueue on /dev/mqueue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_commands_message_queues_are_out_of_sight() {
+    ensure_host_mqueue();
+    let mut runner = start_runner().await;
+    let work_a = work_dir();
+    let marker = unique_marker();
+    let name = format!("lazybarn-mq-{marker}");
+    let mut a = with_marker(
+        request(
+            work_a.path(),
+            &[
+                "bash",
+                "-c",
+                ": > /dev/mqueue/$QUEUE && echo made && sleep 30",
+            ],
+        ),
+        &marker,
+    );
+    a.environment_variables.push(env("QUEUE", &name));
+    let mut client = runner.client.clone();
+    let call_a = tokio::spawn(async move { client.run(a).await });
+    wait_for_processes(&marker, 1, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !read_text(work_a.path().join("stdout")).contains("made") {
+        assert!(std::time::Instant::now() < deadline, "A made no queue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let work_b = work_dir();
+    run_ok(
+        &mut runner.client,
+        request(
+            work_b.path(),
+            &["bash", "-c", "ls -A /dev/mqueue; echo listed"],
+        ),
+    )
+    .await;
+    assert_eq!(
+        read_text(work_b.path().join("stdout")),
+        "listed\n",
+        "B saw A's message queue"
+    );
+    assert!(
+        !Path::new("/dev/mqueue").join(&name).exists(),
+        "A's queue reached the host's /dev/mqueue"
+    );
+    call_a.abort();
+    wait_for_no_processes(&marker, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
