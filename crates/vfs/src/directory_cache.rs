@@ -59,7 +59,12 @@ impl DirectoryCache {
 
     /// Checks `bytes` against `digest`, decodes them, and keeps the result
     /// (unless it alone is larger than the whole cache). Bytes that do not
-    /// match or decode are an invalid input root (`FailureKind::InvalidInput`).
+    /// match their digest are [`VfsError::Corrupt`]
+    /// (`FailureKind::Unavailable`: the CAS served bad bytes, a retry may
+    /// get good ones); bytes that do not decode are an invalid input root
+    /// (`FailureKind::InvalidInput`).
+    ///
+    /// [`VfsError::Corrupt`]: crate::VfsError::Corrupt
     pub fn insert(&self, digest: Digest, bytes: &Bytes) -> Result<Arc<Directory>> {
         let directory = Arc::new(decode_directory(digest, bytes)?);
         let size = digest.size();
@@ -127,13 +132,31 @@ mod tests {
         assert_eq!(cached.files[0].name, "a.h");
         assert_eq!(cache.bytes(), digest.size());
 
+        // The CAS served another blob's bytes: its fault, worth a retry.
         let (other, _) = directory("b.h");
         let err = cache.insert(other, &bytes).expect_err("wrong digest");
-        assert!(matches!(err, VfsError::InvalidInputRoot(_)), "{err}");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            matches!(err, VfsError::Corrupt { digest: d, actual } if d == other && actual == digest),
+            "{err}"
+        );
+        assert_eq!(err.kind(), crate::FailureKind::Unavailable);
+        assert_eq!(err.code(), tonic::Code::Unavailable);
         assert!(err.to_string().contains(&other.to_string()), "{err}");
         assert!(cache.get(&other).is_none());
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn bytes_that_match_but_do_not_decode_are_an_invalid_input_root() {
+        let cache = DirectoryCache::new(1 << 20);
+        // A field tag with wire type 7, which protobuf does not have.
+        let bytes = Bytes::from_static(&[0x0f]);
+        let digest = Digest::of(&bytes);
+        let err = cache.insert(digest, &bytes).expect_err("not a Directory");
+        assert!(matches!(err, VfsError::InvalidInputRoot(_)), "{err}");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("does not decode"), "{err}");
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub enum VfsError {
         /// The CAS's status code (NOT_FOUND: the blob is missing).
         code: tonic::Code,
     },
-    /// A fetched blob whose bytes do not hash to its digest; never served.
+    /// A fetched blob (a file or a Directory message) whose bytes do not
+    /// hash to its digest; never served or used.
     #[error("blob {digest} arrived corrupt: its bytes hash to {actual}")]
     Corrupt {
         /// The blob asked for.
@@ -30,8 +31,9 @@ pub enum VfsError {
         /// What the bytes really hash to.
         actual: Digest,
     },
-    /// The input root breaks REAPI's rules (a bad name, a malformed digest or
-    /// Directory message). Never turned into a path on the worker's disk.
+    /// The input root breaks REAPI's rules (a bad name, a malformed digest, a
+    /// Directory message that does not decode). Never turned into a path on
+    /// the worker's disk.
     #[error("invalid input root: {0}")]
     InvalidInputRoot(String),
     /// The mount point is unusable (missing, not a directory, not empty).
@@ -87,12 +89,13 @@ pub enum FailureKind {
     /// The CAS does not have a blob the input root names: the client must
     /// upload it again. FAILED_PRECONDITION, as REAPI asks.
     Missing,
-    /// The CAS failed or sent bytes that do not match their digest; another
-    /// try may succeed. UNAVAILABLE.
+    /// The CAS failed or sent bytes that do not match their digest (a file
+    /// or a Directory: the CAS checks digests on upload, so such bytes are
+    /// its fault, not the client's); another try may succeed. UNAVAILABLE.
     Unavailable,
     /// The input root, or an output path, breaks REAPI's rules (a bad or
-    /// duplicate name, a malformed digest, a Directory that does not decode
-    /// or match its digest); it never will succeed. INVALID_ARGUMENT.
+    /// duplicate name, a malformed digest, a Directory that does not
+    /// decode); it never will succeed. INVALID_ARGUMENT.
     InvalidInput,
     /// The input root is larger than the mount's cap, or the action created
     /// more entries in its mount than their cap allows. RESOURCE_EXHAUSTED.
@@ -209,6 +212,13 @@ mod tests {
                 tonic::Code::FailedPrecondition,
             ),
             (fetch(tonic::Code::Unavailable), tonic::Code::Unavailable),
+            (
+                VfsError::Corrupt {
+                    digest,
+                    actual: Digest::of(b"y"),
+                },
+                tonic::Code::Unavailable,
+            ),
             (
                 VfsError::InvalidInputRoot("bad".into()),
                 tonic::Code::InvalidArgument,

@@ -36,12 +36,16 @@ pub(crate) struct InputOwner {
 }
 
 /// Checks `bytes` against `digest` and decodes the Directory message.
+///
+/// Bytes that do not hash to `digest` are [`VfsError::Corrupt`], not an
+/// invalid input root: the CAS checks digests on upload, so the client
+/// cannot have sent them; the CAS served bad bytes, and another fetch may
+/// not (UNAVAILABLE). Bytes that match but do not decode are what the
+/// client uploaded, and will never decode (INVALID_ARGUMENT).
 pub(crate) fn decode_directory(digest: Digest, bytes: &Bytes) -> Result<Directory> {
     let actual = Digest::of(bytes);
     if actual != digest {
-        return Err(VfsError::InvalidInputRoot(format!(
-            "Directory {digest} does not match its digest: its bytes hash to {actual}"
-        )));
+        return Err(VfsError::Corrupt { digest, actual });
     }
     Directory::decode(bytes.clone())
         .map_err(|e| VfsError::InvalidInputRoot(format!("Directory {digest} does not decode: {e}")))

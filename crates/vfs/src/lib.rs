@@ -42,7 +42,8 @@
 //! worker answers with: [`VfsError::code`] for an error `Mount::new` or
 //! `Mount::capture` returns, [`FetchFailure::code`] for a load that failed
 //! while the action ran (`Mount::failures`): a missing blob is
-//! FAILED_PRECONDITION, a failing CAS UNAVAILABLE, an invalid input root
+//! FAILED_PRECONDITION, a failing CAS (or one serving a file or Directory
+//! whose bytes do not match its digest) UNAVAILABLE, an invalid input root
 //! INVALID_ARGUMENT, an input root or created entries over their cap
 //! RESOURCE_EXHAUSTED.
 

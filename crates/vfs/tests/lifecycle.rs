@@ -172,6 +172,35 @@ fn try_mount(root: Directory, extra: Vec<(Digest, bytes::Bytes)>) -> Result<Moun
 }
 
 #[test]
+fn a_directory_the_cas_serves_corrupt_is_unavailable_and_retried() {
+    let input = write_files(&[("ok.txt", "fine"), ("sub/x", "x")]);
+    let f = Fixture::new(input.path(), true);
+    let sub = f.tree.blobs.iter().find(|(_, data)| {
+        Directory::decode(data.clone()).is_ok_and(|d| d.files.iter().any(|f| f.name == "x"))
+    });
+    let (sub, _) = sub.expect("sub's Directory");
+    f.source.corrupt.lock().insert(*sub);
+    let err = fs::read_dir(f.path("sub")).expect_err("listing a directory served corrupt");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let failures = f.mount().failures();
+    let failure = failures.last().expect("recorded");
+    assert_eq!(failure.digest, Some(*sub));
+    // The CAS checks digests on upload, so the client did nothing wrong: the
+    // CAS did, and another try may get good bytes.
+    assert_eq!(failure.kind, FailureKind::Unavailable, "{failure:?}");
+    assert_eq!(failure.code(), tonic::Code::Unavailable);
+    assert!(failure.message.contains("corrupt"), "{failure:?}");
+    assert!(failure.message.contains(&sub.to_string()), "{failure:?}");
+
+    f.source.corrupt.lock().clear();
+    let names: Vec<_> = fs::read_dir(f.path("sub"))
+        .expect("listed once the CAS serves good bytes")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["x"]);
+}
+
+#[test]
 fn invalid_input_roots_are_refused_as_invalid_arguments() {
     for name in ["..", "a/b", "", ".", "nul\0"] {
         let root = Directory {

@@ -205,11 +205,13 @@ pub fn write_files(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-/// A source that counts fetches per digest and fails the digests it is told to.
+/// A source that counts fetches per digest, fails the digests it is told
+/// to, and serves those it is told to corrupt with a byte flipped.
 pub struct CountingSource {
     inner: CasBlobSource,
     pub fetches: Mutex<HashMap<Digest, usize>>,
     pub failing: Mutex<HashSet<Digest>>,
+    pub corrupt: Mutex<HashSet<Digest>>,
 }
 
 impl CountingSource {
@@ -218,6 +220,7 @@ impl CountingSource {
             inner: CasBlobSource::new(client),
             fetches: Mutex::default(),
             failing: Mutex::default(),
+            corrupt: Mutex::default(),
         })
     }
 
@@ -243,7 +246,13 @@ impl BlobSource for CountingSource {
 
     async fn fetch_blob(&self, digest: Digest) -> Result<Bytes, tonic::Status> {
         self.count(digest)?;
-        self.inner.fetch_blob(digest).await
+        let bytes = self.inner.fetch_blob(digest).await?;
+        if !self.corrupt.lock().contains(&digest) || bytes.is_empty() {
+            return Ok(bytes);
+        }
+        let mut flipped = bytes.to_vec();
+        flipped[0] ^= 0xff;
+        Ok(Bytes::from(flipped))
     }
 }
 
