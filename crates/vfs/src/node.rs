@@ -194,6 +194,30 @@ impl NodeTable {
         }
     }
 
+    /// Takes back the name `name` in `parent` that was just given to `ino`,
+    /// when what it named could not be made (a scratch file's backing
+    /// file). The table's lock was let go in between, so another request
+    /// may have renamed `ino` away, put another node under `name`, or
+    /// linked `ino` elsewhere: only a `name` that still names `ino` is
+    /// removed, and `ino` is forgotten only once nothing names or holds it.
+    /// A node renamed or linked away meanwhile stays, named, without its
+    /// backing file (its opens fail), and its names count until removed.
+    pub fn take_back_name(&mut self, parent: Ino, name: &OsStr, ino: Ino) {
+        let Ok(children) = self.children_mut(parent) else {
+            return;
+        };
+        if children.get(name) != Some(&ino) {
+            return;
+        }
+        children.remove(name);
+        self.name_removed(ino);
+        let Ok(node) = self.get_mut(ino) else { return };
+        node.nlink = node.nlink.saturating_sub(1);
+        if node.nlink == 0 && node.open == 0 {
+            self.remove(ino);
+        }
+    }
+
     /// The node, or ENOENT.
     pub fn get(&self, ino: Ino) -> Result<&Node, Errno> {
         self.nodes.get(&ino).ok_or(Errno::ENOENT)
@@ -354,5 +378,93 @@ mod tests {
         t.name_removed(ino);
         assert_eq!(t.created_entries, 1);
         t.count_created_name().expect("room again");
+    }
+
+    /// A table whose root is an empty, loaded directory.
+    fn loaded_table() -> NodeTable {
+        let mut t = table(10);
+        t.get_mut(ROOT).expect("root").kind = NodeKind::Dir {
+            parent: ROOT,
+            children: Children::Loaded(BTreeMap::new()),
+        };
+        t
+    }
+
+    /// What `add_entry` does for a new scratch file in the root.
+    fn add(t: &mut NodeTable, name: &str) -> Ino {
+        t.count_created_name().expect("under the cap");
+        let meta = t.get(ROOT).expect("root").meta;
+        let ino = t.insert(Node::created(NodeKind::ScratchFile, meta));
+        t.children_mut(ROOT).expect("root").insert(name.into(), ino);
+        ino
+    }
+
+    fn named(t: &NodeTable, name: &str) -> Option<Ino> {
+        t.child(ROOT, name.as_ref()).ok()
+    }
+
+    /// Moves `from` to `to` in the root as a rename does, forgetting the
+    /// single-named node `to` held.
+    fn rename(t: &mut NodeTable, from: &str, to: &str) {
+        let children = t.children_mut(ROOT).expect("root");
+        let ino = children.remove(OsStr::new(from)).expect("from");
+        if let Some(replaced) = children.insert(to.into(), ino) {
+            t.name_removed(replaced);
+            t.remove(replaced);
+        }
+    }
+
+    #[test]
+    fn a_name_still_naming_the_node_is_taken_back_with_the_node() {
+        let mut t = loaded_table();
+        let ino = add(&mut t, "f");
+        t.take_back_name(ROOT, "f".as_ref(), ino);
+        assert_eq!(named(&t, "f"), None);
+        assert!(t.get(ino).is_err());
+        assert_eq!(t.created_entries, 0);
+    }
+
+    #[test]
+    fn a_node_renamed_away_and_a_new_node_under_the_name_are_both_left() {
+        let mut t = loaded_table();
+        let ino = add(&mut t, "f");
+        rename(&mut t, "f", "moved");
+        let other = add(&mut t, "f");
+        t.take_back_name(ROOT, "f".as_ref(), ino);
+        assert_eq!(named(&t, "f"), Some(other));
+        assert_eq!(named(&t, "moved"), Some(ino));
+        assert!(t.get(ino).is_ok() && t.get(other).is_ok());
+        assert_eq!(t.created_entries, 2);
+    }
+
+    #[test]
+    fn a_node_renamed_over_the_name_is_left() {
+        let mut t = loaded_table();
+        let ino = add(&mut t, "f");
+        let other = add(&mut t, "g");
+        rename(&mut t, "g", "f");
+        assert!(t.get(ino).is_err(), "replaced by the rename");
+        t.take_back_name(ROOT, "f".as_ref(), ino);
+        assert_eq!(named(&t, "f"), Some(other));
+        assert!(t.get(other).is_ok());
+        assert_eq!(t.created_entries, 1);
+    }
+
+    #[test]
+    fn a_node_linked_elsewhere_keeps_its_other_name() {
+        let mut t = loaded_table();
+        let ino = add(&mut t, "f");
+        t.count_created_name().expect("under the cap");
+        t.children_mut(ROOT)
+            .expect("root")
+            .insert("alias".into(), ino);
+        let node = t.get_mut(ino).expect("node");
+        node.nlink += 1;
+        node.created_names += 1;
+        t.take_back_name(ROOT, "f".as_ref(), ino);
+        assert_eq!(named(&t, "f"), None);
+        assert_eq!(named(&t, "alias"), Some(ino));
+        assert_eq!(t.get(ino).expect("still named").nlink, 1);
+        assert_eq!(t.created_entries, 1);
     }
 }

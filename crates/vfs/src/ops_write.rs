@@ -176,12 +176,9 @@ impl VfsCore {
         let node = Node::created(NodeKind::ScratchFile, new_meta(mode, caller));
         let ino = self.add_entry(parent, name, node)?;
         if let Err(e) = File::create_new(self.scratch_path(ino)) {
-            let mut table = self.table.lock();
-            if let Ok(children) = table.children_mut(parent) {
-                children.remove(name);
-            }
-            table.name_removed(ino);
-            table.remove(ino);
+            // The lock was let go since add_entry: take back only what is
+            // still ours (see take_back_name).
+            self.table.lock().take_back_name(parent, name, ino);
             return Err(Errno::from(e).into());
         }
         Ok(ino)
