@@ -3,8 +3,16 @@
 //! disk: an input file's digest is already known and never re-read; a file
 //! the action wrote is hashed once. Directories become REAPI Tree messages.
 //! Uploading is the worker's job.
+//!
+//! A name that is not UTF-8 fails the capture, naming it: REAPI names are
+//! strings, and a lossy conversion could make two names one and drop an
+//! output. The table is a tree (a directory has one parent, and rename
+//! refuses to move one below itself), so a directory met twice in a walk
+//! means the table is broken: that is an internal error, never a loop or a
+//! silently different Tree.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -103,8 +111,8 @@ impl VfsCore {
             let Some(ino) = self.resolve(&components).await? else {
                 continue;
             };
-            self.load_subtree(ino).await?;
-            let snap = snapshot(&self.table.lock(), ino);
+            self.load_subtree(path, ino).await?;
+            let snap = snapshot(&self.table.lock(), path, ino)?;
             if let Some(output) = self.materialize(path, snap, &mut hashed).await? {
                 outputs.push(output);
             }
@@ -141,9 +149,10 @@ impl VfsCore {
         }
     }
 
-    /// Loads every input directory below `ino`.
-    async fn load_subtree(self: &Arc<Self>, ino: Ino) -> Result<()> {
+    /// Loads every input directory below `ino`, the output `path`.
+    async fn load_subtree(self: &Arc<Self>, path: &str, ino: Ino) -> Result<()> {
         let mut pending = vec![ino];
+        let mut expanded = HashSet::new();
         while let Some(dir) = pending.pop() {
             let children = match self.table.lock().children(dir) {
                 Ok(children) => Ok(children.values().copied().collect::<Vec<_>>()),
@@ -151,7 +160,12 @@ impl VfsCore {
                 Err(Pending::Errno(_)) => Err(false),
             };
             match children {
-                Ok(children) => pending.extend(children),
+                Ok(children) => {
+                    if !expanded.insert(dir) {
+                        return Err(met_twice(path, dir));
+                    }
+                    pending.extend(children);
+                }
                 Err(true) => {
                     self.load_dir(dir).await.map_err(unshare)?;
                     pending.push(dir);
@@ -286,43 +300,46 @@ impl VfsCore {
     }
 }
 
-/// Copies node `ino` out of the table; a directory with everything below it.
-fn snapshot(table: &NodeTable, ino: Ino) -> Snap {
-    match table.get(ino).map(|node| &node.kind) {
+/// Copies node `ino`, the output `path`, out of the table; a directory with
+/// everything below it.
+fn snapshot(table: &NodeTable, path: &str, ino: Ino) -> Result<Snap> {
+    Ok(match table.get(ino).map(|node| &node.kind) {
         Ok(NodeKind::Dir { .. }) if table.children(ino).is_ok() => {
-            Snap::Dir(snapshot_dirs(table, ino))
+            Snap::Dir(snapshot_dirs(table, path, ino)?)
         }
         _ => leaf(table, ino).map_or(Snap::Other, Snap::Leaf),
-    }
+    })
 }
 
 /// Every directory below `top` (included), breadth first, without
 /// recursion: directory `i` of the result is `found[i]`, and a directory is
 /// found while its parent is copied, so it always comes later. Directories
-/// not loaded, specials and nodes already seen are left out.
-fn snapshot_dirs(table: &NodeTable, top: Ino) -> Vec<BTreeMap<String, Entry>> {
+/// not loaded and specials are left out; a name that is not UTF-8 or a
+/// directory met twice is an error.
+fn snapshot_dirs(table: &NodeTable, path: &str, top: Ino) -> Result<Vec<BTreeMap<String, Entry>>> {
     let mut found = vec![top];
+    // Each found directory's parent (its index in `found`) and name, to
+    // name a bad entry's path without keeping every directory's path.
+    let mut places: Vec<Option<(usize, &OsStr)>> = vec![None];
     let mut seen = HashSet::from([top]);
     let mut dirs = Vec::new();
     while let Some(&dir) = found.get(dirs.len()) {
-        let named: BTreeMap<String, Ino> = match table.children(dir) {
-            Ok(children) => children
-                .iter()
-                .map(|(name, &child)| (name.to_string_lossy().into_owned(), child))
-                .collect(),
-            Err(_) => BTreeMap::new(),
-        };
+        let here = dirs.len();
         let mut entries = BTreeMap::new();
-        for (name, child) in named {
+        for (name, &child) in table.children(dir).into_iter().flatten() {
             let is_dir = matches!(
                 table.get(child).map(|node| &node.kind),
                 Ok(NodeKind::Dir { .. })
             );
             let entry = if is_dir {
-                if table.children(child).is_err() || !seen.insert(child) {
+                if table.children(child).is_err() {
                     continue;
                 }
+                if !seen.insert(child) {
+                    return Err(met_twice(path, child));
+                }
                 found.push(child);
+                places.push(Some((here, name.as_os_str())));
                 Entry::Dir(found.len() - 1)
             } else {
                 match leaf(table, child) {
@@ -330,11 +347,39 @@ fn snapshot_dirs(table: &NodeTable, top: Ino) -> Vec<BTreeMap<String, Entry>> {
                     None => continue,
                 }
             };
-            entries.insert(name, entry);
+            let Some(utf8) = name.to_str() else {
+                return Err(VfsError::OutputNameNotUtf8 {
+                    path: path_of(path, &places, here).join(name),
+                });
+            };
+            entries.insert(utf8.to_string(), entry);
         }
         dirs.push(entries);
     }
-    dirs
+    Ok(dirs)
+}
+
+/// The path of found directory `index`: the output's, then each name on
+/// the way down.
+fn path_of(output: &str, places: &[Option<(usize, &OsStr)>], mut index: usize) -> PathBuf {
+    let mut names = Vec::new();
+    while let Some(Some((parent, name))) = places.get(index) {
+        names.push(*name);
+        index = *parent;
+    }
+    let mut path = PathBuf::from(output);
+    path.extend(names.into_iter().rev());
+    path
+}
+
+/// A directory met twice while walking the output `path`.
+fn met_twice(path: &str, ino: Ino) -> VfsError {
+    VfsError::io(
+        format!("capturing output {path:?}"),
+        std::io::Error::other(format!(
+            "directory inode {ino} is met twice below it: the mount's node table is not a tree"
+        )),
+    )
 }
 
 /// A file or symlink node as capture sees it; None for anything else.
@@ -405,4 +450,87 @@ pub(crate) fn unshare(error: Arc<VfsError>) -> VfsError {
             std::io::Error::other(other.to_string()),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob_cache::BlobCache;
+    use crate::error::FailureKind;
+    use crate::input_tree::{InputOwner, root_meta};
+    use crate::node::{Children, EntryCaps, Node};
+    use crate::source::BlobSource;
+    use crate::testing::MapSource;
+
+    const OWNER: InputOwner = InputOwner {
+        uid: 0,
+        gid: 0,
+        private_to: None,
+    };
+
+    /// A core whose root is loaded and holds one created directory `d`
+    /// under `names`, with `d` itself under `inner` in `d`: a table that is
+    /// not a tree, which no request can make.
+    fn broken_core(
+        rt: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        names: &[&str],
+        inner: Option<&str>,
+    ) -> Arc<VfsCore> {
+        let cache = BlobCache::open(&dir.join("cache"), 1 << 20).expect("cache");
+        let source: Arc<dyn BlobSource> = Arc::new(MapSource::default());
+        let caps = EntryCaps {
+            input: 10,
+            created: 10,
+        };
+        let core = VfsCore::new(
+            Digest::EMPTY,
+            caps,
+            cache,
+            source,
+            dir.join("scratch"),
+            OWNER,
+            rt.handle().clone(),
+        );
+        {
+            let mut table = core.table.lock();
+            let loaded = |parent| NodeKind::Dir {
+                parent,
+                children: Children::Loaded(BTreeMap::new()),
+            };
+            table.get_mut(ROOT).expect("root").kind = loaded(ROOT);
+            let d = table.insert(Node::created(loaded(ROOT), root_meta(OWNER)));
+            let root = table.children_mut(ROOT).expect("root");
+            for name in names {
+                root.insert((*name).into(), d);
+            }
+            if let Some(inner) = inner {
+                table.children_mut(d).expect("d").insert(inner.into(), d);
+            }
+        }
+        Arc::new(core)
+    }
+
+    fn assert_met_twice(error: VfsError) {
+        assert_eq!(error.kind(), FailureKind::Internal, "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("\"out\"") && message.contains("met twice"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_directory_met_twice_is_an_internal_error_in_load_and_snapshot() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Under two names, and inside itself (load_subtree used to loop).
+        for (names, inner) in [(&["a", "b"][..], None), (&["a"][..], Some("self"))] {
+            let core = broken_core(&rt, dir.path(), names, inner);
+            let loaded = rt.block_on(core.load_subtree("out", ROOT));
+            assert_met_twice(loaded.expect_err("a directory met twice while loading"));
+            let snap = snapshot(&core.table.lock(), "out", ROOT);
+            assert_met_twice(snap.err().expect("a directory met twice while copying"));
+        }
+    }
 }

@@ -55,6 +55,14 @@ pub enum VfsError {
     /// An output path that is not a valid relative path.
     #[error("invalid output path {0:?}")]
     InvalidOutputPath(String),
+    /// A name in an output directory that is not UTF-8: REAPI names are
+    /// strings, so the output cannot be reported as the action left it.
+    #[error("output {path:?} has a name that is not UTF-8, which REAPI cannot carry")]
+    OutputNameNotUtf8 {
+        /// The entry, from the root of the input root (non-UTF-8 bytes
+        /// shown escaped).
+        path: PathBuf,
+    },
     /// Loading a Directory would take the mount past
     /// `MountConfig::max_input_entries`; nothing of it was loaded.
     #[error(
@@ -95,7 +103,8 @@ pub enum FailureKind {
     Unavailable,
     /// The input root, or an output path, breaks REAPI's rules (a bad or
     /// duplicate name, a malformed digest, a Directory that does not
-    /// decode); it never will succeed. INVALID_ARGUMENT.
+    /// decode, an output name that is not UTF-8); it never will succeed.
+    /// INVALID_ARGUMENT.
     InvalidInput,
     /// The input root is larger than the mount's cap, or the action created
     /// more entries in its mount than their cap allows. RESOURCE_EXHAUSTED.
@@ -143,9 +152,9 @@ impl VfsError {
                 ..
             } => FailureKind::Missing,
             VfsError::Fetch { .. } | VfsError::Corrupt { .. } => FailureKind::Unavailable,
-            VfsError::InvalidInputRoot(_) | VfsError::InvalidOutputPath(_) => {
-                FailureKind::InvalidInput
-            }
+            VfsError::InvalidInputRoot(_)
+            | VfsError::InvalidOutputPath(_)
+            | VfsError::OutputNameNotUtf8 { .. } => FailureKind::InvalidInput,
             VfsError::InputTooLarge { .. } | VfsError::CreatedTooMany { .. } => {
                 FailureKind::TooLarge
             }

@@ -44,8 +44,8 @@
 //! while the action ran (`Mount::failures`): a missing blob is
 //! FAILED_PRECONDITION, a failing CAS (or one serving a file or Directory
 //! whose bytes do not match its digest) UNAVAILABLE, an invalid input root
-//! INVALID_ARGUMENT, an input root or created entries over their cap
-//! RESOURCE_EXHAUSTED.
+//! or an output name that is not UTF-8 INVALID_ARGUMENT, an input root or
+//! created entries over their cap RESOURCE_EXHAUSTED.
 
 mod access;
 mod blob_cache;

@@ -190,7 +190,9 @@ impl Mount {
         self.core.failures.lock().clone()
     }
 
-    /// Captures the outputs at `paths` (relative to the input root).
+    /// Captures the outputs at `paths` (relative to the input root); a name
+    /// below one that is not UTF-8 fails it with
+    /// [`VfsError::OutputNameNotUtf8`].
     pub async fn capture(&self, paths: &[String]) -> Result<Vec<CapturedOutput>> {
         self.core.capture(paths).await
     }

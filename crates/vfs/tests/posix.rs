@@ -3,13 +3,15 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{Fixture, sh_ok, write_files};
-use lazybarn_vfs::{BlobLocation, CapturedOutput};
+use lazybarn_vfs::{BlobLocation, CapturedOutput, FailureKind, VfsError};
 
 fn input() -> tempfile::TempDir {
     write_files(&[
@@ -244,4 +246,39 @@ fn writable_files_with_passthrough() {
 #[test]
 fn writable_files_without_passthrough() {
     writable_files(false);
+}
+
+/// REAPI names are strings: an output directory holding a name that is not
+/// UTF-8 fails the capture, naming it, rather than being reported under a
+/// lossy name that another entry may share.
+#[test]
+fn a_name_that_is_not_utf8_fails_the_capture_naming_it() {
+    let input = input();
+    let f = Fixture::new(input.path(), false);
+    fs::create_dir_all(f.path("out/sub")).expect("mkdir");
+    fs::write(f.path("out/ok.txt"), "ok").expect("write");
+    for bad in [&b"bad\xff"[..], b"bad\xfe"] {
+        let name = OsStr::from_bytes(bad);
+        fs::write(f.path("out/sub").join(name), "x").expect("a non-UTF-8 name");
+    }
+    let err =
+        f.rt.block_on(f.mount().capture(&["out".to_string()]))
+            .expect_err("a non-UTF-8 name captured");
+    assert!(
+        matches!(&err, VfsError::OutputNameNotUtf8 { path } if path.starts_with("out/sub")),
+        "{err}"
+    );
+    assert_eq!(err.kind(), FailureKind::InvalidInput);
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let message = err.to_string();
+    assert!(
+        message.contains("out/sub/bad\\xFE") && message.contains("not UTF-8"),
+        "{message}"
+    );
+
+    // The rest of the mount is still captured.
+    let outputs =
+        f.rt.block_on(f.mount().capture(&["out/ok.txt".to_string()]))
+            .expect("capture");
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
 }
