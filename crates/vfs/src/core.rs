@@ -51,10 +51,8 @@ pub struct FetchFailure {
     pub digest: Option<Digest>,
     /// The error, naming the blob, and the entry or cap at fault.
     pub message: String,
-    /// Whether the CAS answered NOT_FOUND: the same as `kind ==
-    /// FailureKind::Missing`, kept for callers that only ask this.
-    pub missing: bool,
-    /// What kind of failure it was; [`FetchFailure::code`] is its gRPC code.
+    /// What kind of failure it was ([`FailureKind::Missing`]: the CAS
+    /// answered NOT_FOUND); [`FetchFailure::code`] is its gRPC code.
     pub kind: FailureKind,
 }
 
@@ -129,7 +127,6 @@ impl VfsCore {
         let failure = FetchFailure {
             digest,
             message: error.to_string(),
-            missing: error.missing_blob().is_some(),
             kind: error.kind(),
         };
         let mut failures = self.failures.lock();
