@@ -420,7 +420,10 @@ async fn capture_from_mount(mount: &Mount, command: &Command) -> Result<Captured
     let captured = mount
         .capture(&full_paths)
         .await
-        .map_err(|e| Status::internal(format!("capturing outputs: {e}")))?;
+        .map_err(|e| match e.missing_blob() {
+            Some(digest) => missing_blob_status(digest),
+            None => Status::new(e.code(), format!("capturing outputs: {e}")),
+        })?;
     let mut by_path: std::collections::HashMap<String, CapturedOutput> = captured
         .into_iter()
         .map(|c| (captured_path(&c).to_string(), c))

@@ -174,8 +174,8 @@ fn default_first_slot_id() -> u32 {
     DEFAULT_FIRST_SLOT_ID
 }
 
-/// The default of `max_input_entries`.
-pub const DEFAULT_MAX_INPUT_ENTRIES: u64 = 200_000;
+/// The default of `max_input_entries`: the vfs's own.
+pub const DEFAULT_MAX_INPUT_ENTRIES: u64 = lazybarn_vfs::DEFAULT_MAX_INPUT_ENTRIES;
 
 fn default_max_input_entries() -> u64 {
     DEFAULT_MAX_INPUT_ENTRIES
@@ -188,8 +188,8 @@ fn default_max_output_bytes() -> u64 {
     DEFAULT_MAX_OUTPUT_BYTES
 }
 
-/// The default of `max_created_entries`.
-pub const DEFAULT_MAX_CREATED_ENTRIES: u64 = 1_000_000;
+/// The default of `max_created_entries`: the vfs's own.
+pub const DEFAULT_MAX_CREATED_ENTRIES: u64 = lazybarn_vfs::DEFAULT_MAX_CREATED_ENTRIES;
 
 fn default_max_created_entries() -> u64 {
     DEFAULT_MAX_CREATED_ENTRIES
