@@ -33,10 +33,12 @@ use anyhow::{Context, Result, bail, ensure};
 use lazybarn_cas::Digest;
 use lazybarn_proto::reapi::{Directory, ExecuteResponse};
 use lazybarn_tests::LazybarnUp;
+use lazybarn_tests::binaries::workspace_binary;
 use lazybarn_tests::remote::{
     ActionSpec, InputDirectory, Remote, directory_node, ensure_refused, file_node, names_figure,
     status_of,
 };
+use lazybarn_tests::server::ServerProcess;
 use lazybarn_tests::system::peak_rss_bytes;
 use tonic::Code;
 
@@ -210,6 +212,56 @@ fn an_action_reaches_the_network_only_when_it_asks_and_the_worker_allows() -> Re
         "the attack with host network reported success, yet the victim's entry holds {planted:?}"
     );
     up.stop()
+}
+
+/// How long a scheduler in a test waits for a worker of an action's
+/// platform before it fails the action.
+const SHORT_NO_WORKER_TIMEOUT: &str = "3s";
+
+#[test]
+fn asking_for_the_host_network_where_no_worker_allows_it_fails_naming_the_property() -> Result<()> {
+    let _serial = one_at_a_time();
+    let dir = ScratchDir::new("network-refused")?;
+    let config = dir.path().join("scheduler.toml");
+    fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n\
+             [scheduler]\nno_worker_timeout = \"{SHORT_NO_WORKER_TIMEOUT}\"\n"
+        ),
+    )?;
+    let binary = workspace_binary(LazybarnUp::BINARY)?;
+    let mut command = Command::new(&binary);
+    command.arg("scheduler").arg("--config").arg(&config);
+    let scheduler = ServerProcess::start(
+        command,
+        "lazybarn scheduler ready:",
+        &dir.path().join("scheduler.log"),
+    )?;
+    let url = scheduler.announced().to_string();
+    let worker_dir = dir.path().join("worker");
+    fs::create_dir_all(&worker_dir)?;
+    let mut command = Command::new(&binary);
+    command
+        .args(["worker", "--scheduler", &url, "--workers", "1"])
+        .args(["--build-dir", "native", "--data-dir"])
+        .arg(&worker_dir);
+    let _worker = ServerProcess::start(
+        command,
+        "lazybarn worker started:",
+        &dir.path().join("worker.log"),
+    )?;
+    let remote = Remote::connect(&url)?;
+    ensure_node_works(&remote).context("a worker that does not allow the network")?;
+
+    let asking = ActionSpec::shell("echo reached").platform("network", "host");
+    let response = remote.execute(&asking, WAIT)?;
+    ensure_refused(
+        &remote,
+        &response,
+        Code::FailedPrecondition,
+        &["network=host"],
+    )
 }
 
 #[test]
