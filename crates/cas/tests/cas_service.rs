@@ -206,6 +206,37 @@ async fn malformed_digests_and_unknown_functions_are_invalid_arguments() {
 }
 
 #[tokio::test]
+async fn batch_read_sizes_that_overflow_when_summed_are_refused() {
+    let (_dir, server) = server().await;
+    let client = server.client().await;
+    let (big, data) = blob(7, 2 * BATCH);
+    client.upload(vec![(big, data)]).await.expect("upload");
+    // Two made-up digests whose sizes, added to the real blob's, wrap a u64
+    // to almost nothing: a wrapping sum would let the big blob through.
+    let first = i64::MAX as u64;
+    let second = (1u64 << 63) + 1 - big.size() + 10;
+    let fake = |size: u64, seed: u8| reapi::Digest {
+        hash: hex::encode([seed; 32]),
+        size_bytes: size as i64,
+    };
+    let mut cas = ContentAddressableStorageClient::new(server.channel().await);
+    let error = cas
+        .batch_read_blobs(BatchReadBlobsRequest {
+            instance_name: String::new(),
+            digests: vec![big.to_proto(), fake(first, 1), fake(second, 2)],
+            acceptable_compressors: vec![],
+            digest_function: 0,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(
+        error.message().contains("max_batch_total_size_bytes"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn batch_read_returns_data_or_not_found_per_blob() {
     let (_dir, server) = server().await;
     let client = server.client().await;

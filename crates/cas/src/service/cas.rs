@@ -52,6 +52,13 @@ impl CasService {
     }
 }
 
+/// The sum of sizes a client named, stopping at `u64::MAX` instead of
+/// wrapping: made-up digests can name sizes up to 2^63 each, and a wrapped
+/// sum would pass any limit.
+fn saturating_total(sizes: impl Iterator<Item = u64>) -> u64 {
+    sizes.fold(0, u64::saturating_add)
+}
+
 fn status_of(result: Result<(), CasError>) -> rpc::Status {
     match result {
         Ok(()) => rpc::Status::default(),
@@ -101,7 +108,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let request = request.into_inner();
         check_digest_function(request.digest_function)?;
-        let total = request.requests.iter().map(|r| r.data.len() as u64).sum();
+        let total = saturating_total(request.requests.iter().map(|r| r.data.len() as u64));
         self.check_batch_size(total, "BatchUpdateBlobs request")?;
 
         // Malformed entries get their own status; the rest go to the store
@@ -147,7 +154,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         let request = request.into_inner();
         check_digest_function(request.digest_function)?;
         let digests = parse_digests(&request.digests)?;
-        let total = digests.iter().map(Digest::size).sum();
+        let total = saturating_total(digests.iter().map(Digest::size));
         self.check_batch_size(total, "BatchReadBlobs request")?;
         let results = self.store.get_batch(&digests).await;
         let responses = digests
