@@ -38,7 +38,8 @@ pub async fn load(
     digest: Digest,
     config: &SchedulerConfig,
 ) -> Result<LoadedAction> {
-    let Some(action_blob) = fetch(store, &digest, "action").await? else {
+    let cap = config.max_message_bytes;
+    let Some(action_blob) = fetch(store, &digest, "action", cap).await? else {
         return Err(missing(digest, vec![digest]));
     };
     let action = Action::decode(action_blob).map_err(|e| {
@@ -51,7 +52,7 @@ pub async fn load(
         SchedulerError::InvalidArgument(format!("action {digest}: input_root_digest: {e}"))
     })?;
     let (command_blob, missing_root) = tokio::join!(
-        fetch(store, &command_digest, "command"),
+        fetch(store, &command_digest, "command", cap),
         store.find_missing(std::slice::from_ref(&input_root)),
     );
     let missing_root = missing_root.map_err(|e| {
@@ -85,8 +86,21 @@ pub async fn load(
     })
 }
 
-/// A blob, or `None` when the CAS lacks it.
-async fn fetch(store: &dyn BlobStore, digest: &Digest, what: &str) -> Result<Option<Bytes>> {
+/// A blob of at most `cap` bytes, or `None` when the CAS lacks it. The size
+/// is the client's word until the blob is read, so it is checked first.
+async fn fetch(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    what: &str,
+    cap: u64,
+) -> Result<Option<Bytes>> {
+    if digest.size() > cap {
+        return Err(SchedulerError::InvalidArgument(format!(
+            "the {what} {digest} is {} bytes, more than this scheduler's max_message_bytes of \
+             {cap}",
+            digest.size()
+        )));
+    }
     match store.get(digest).await {
         Ok(data) => Ok(Some(data)),
         Err(CasError::NotFound(_)) => Ok(None),

@@ -86,6 +86,12 @@ pub struct SchedulerConfig {
     /// Platform property names that take no part in matching actions to
     /// workers (they still travel to the worker). Empty by default.
     pub ignored_platform_properties: Vec<String>,
+    /// The largest Action or Command blob the scheduler reads, in bytes.
+    /// Both are read whole and sent to a worker in one message, so a client
+    /// naming a bigger one gets INVALID_ARGUMENT naming this cap before
+    /// anything is read. Recommended: 32 MiB (`33554432`); real Commands,
+    /// even with long argument lists, stay far below it.
+    pub max_message_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -101,6 +107,7 @@ impl Default for SchedulerConfig {
             completed_retention: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(10),
             ignored_platform_properties: Vec::new(),
+            max_message_bytes: 32 << 20,
         }
     }
 }

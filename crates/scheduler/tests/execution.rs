@@ -8,6 +8,7 @@ use lazybarn_cas::Digest;
 use lazybarn_proto::longrunning::GetOperationRequest;
 use lazybarn_proto::reapi::{ActionResult, WaitExecutionRequest, execution_stage::Value as Stage};
 use lazybarn_proto::rpc::{self, PreconditionFailure};
+use lazybarn_scheduler::SchedulerConfig;
 use prost::Message;
 use tonic::Code;
 
@@ -246,6 +247,39 @@ async fn malformed_requests_are_invalid_arguments() {
         .expect_err("timeout above max");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("maximum"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_and_commands_over_max_message_bytes_are_refused_unread() {
+    let config = SchedulerConfig {
+        max_message_bytes: 1000,
+        ..quick_config()
+    };
+    let cluster = Cluster::start(config).await;
+    let long = "x".repeat(2000);
+    let big_command = cluster.upload(&ActionSpec::new(&["echo", &long])).await;
+    // A digest naming a huge blob that is not even there: refused by its
+    // size, without a read and without a missing-blob answer.
+    let huge = Digest::parse(&format!("{}/{}", "ab".repeat(32), 1u64 << 40)).expect("digest");
+    for (digest, what) in [(big_command, "command"), (huge, "action")] {
+        let err = cluster
+            .execute_with(digest, ExecuteOptions::default())
+            .await
+            .expect_err("over the cap");
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains("max_message_bytes of 1000"),
+            "{what}: {}",
+            err.message()
+        );
+    }
+    let fits = cluster.upload(&ActionSpec::new(&["true"])).await;
+    assert!(
+        cluster
+            .execute_with(fits, ExecuteOptions::default())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
