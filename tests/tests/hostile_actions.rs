@@ -531,6 +531,31 @@ fn invalid_input_names_are_invalid_arguments_naming_the_name_and_directory() -> 
     Ok(())
 }
 
+#[test]
+fn a_directory_claiming_a_huge_size_is_refused_unread() -> Result<()> {
+    let _serial = one_at_a_time();
+    in_each_mode(|mode| {
+        let dir = ScratchDir::new("huge-directory")?;
+        let (up, remote) = start(&dir, mode, &[])?;
+        // The worker would read a Directory whole before decoding it: one
+        // that says it is a terabyte is refused by that word alone.
+        let huge = Digest::parse(&format!("{}/{}", "cd".repeat(32), 1u64 << 40))?;
+        let root = remote.put_message(&Directory {
+            directories: vec![directory_node("sub", huge)],
+            ..Default::default()
+        })?;
+        let spec = ActionSpec::shell("ls sub").in_root(root);
+        let response = remote.execute(&spec, WAIT)?;
+        ensure_refused(
+            &remote,
+            &response,
+            Code::InvalidArgument,
+            &[&huge.hash_hex(), "a worker reads"],
+        )?;
+        up.stop()
+    })
+}
+
 // ---- the clusters ----
 
 /// Runs `test` in every build-directory mode, and fails with what failed

@@ -185,6 +185,7 @@ impl VfsCore {
         let directory = match directories.get(&digest) {
             Some(directory) => directory,
             None => {
+                crate::directory_cache::check_directory_size(digest)?;
                 let bytes =
                     self.source
                         .fetch_blob(digest)

@@ -29,6 +29,24 @@ use crate::input_tree::decode_directory;
 /// Directory messages take about 1 MiB).
 pub const DEFAULT_DIRECTORY_CACHE_BYTES: u64 = 64 << 20;
 
+/// The largest Directory message a worker reads: 32 MiB, room for hundreds
+/// of thousands of entries (more than `max_input_entries` lets an action
+/// have). A Directory is read whole before it is decoded, so its size, the
+/// client's word until then, is checked first.
+pub const MAX_DIRECTORY_BYTES: u64 = 32 << 20;
+
+/// Refuses a Directory digest larger than [`MAX_DIRECTORY_BYTES`], before
+/// anything is read (INVALID_ARGUMENT).
+pub fn check_directory_size(digest: Digest) -> Result<()> {
+    if digest.size() > MAX_DIRECTORY_BYTES {
+        return Err(crate::VfsError::InvalidInputRoot(format!(
+            "Directory {digest} is {} bytes, more than the {MAX_DIRECTORY_BYTES} a worker reads",
+            digest.size()
+        )));
+    }
+    Ok(())
+}
+
 /// Decoded Directory messages by digest. See the module documentation.
 pub struct DirectoryCache {
     max_bytes: u64,

@@ -69,7 +69,9 @@ mod testing;
 pub use blob_cache::{BlobCache, Obtained};
 pub use capture::{BlobLocation, CapturedFile, CapturedOutput};
 pub use core::FetchFailure;
-pub use directory_cache::{DEFAULT_DIRECTORY_CACHE_BYTES, DirectoryCache};
+pub use directory_cache::{
+    DEFAULT_DIRECTORY_CACHE_BYTES, DirectoryCache, MAX_DIRECTORY_BYTES, check_directory_size,
+};
 pub use error::{FailureKind, Result, VfsError};
 pub use input_tree::INPUT_MTIME;
 pub use metrics::{MountCounters, MountStats};

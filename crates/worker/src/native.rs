@@ -190,6 +190,10 @@ async fn list_entries(
             }
         }
         let unknown: Vec<Digest> = unknown.into_iter().collect();
+        for digest in &unknown {
+            lazybarn_vfs::check_directory_size(*digest)
+                .map_err(|e| Status::invalid_argument(format!("invalid input root: {e}")))?;
+        }
         let fetched = cas.download_batch(&unknown).await.map_err(|e| {
             if e.code() == tonic::Code::NotFound {
                 Status::failed_precondition(format!("input directory missing: {}", e.message()))
