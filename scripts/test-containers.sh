@@ -209,10 +209,14 @@ for c in "${containers[@]}"; do
     # --read-only: as on Kubernetes; podman puts tmpfs on /tmp and /run.
     # -v /var/lib/lazybarn: an anonymous volume, removed with the container,
     #   for the blob cache and the action directories.
+    # worker-token: `up` serves the worker protocol only to holders of the
+    #   token it generated, which it wrote into its data directory.
     "${podman[@]}" run --detach --name "$c" --hostname "$c" --network host \
         --device /dev/fuse "${caps[@]}" "${limits[@]}" --read-only \
-        -v /var/lib/lazybarn "localhost/lazybarn-worker:$tag" \
+        -v /var/lib/lazybarn -v "$work/up/worker-token:/etc/lazybarn/worker-token:ro" \
+        "localhost/lazybarn-worker:$tag" \
         worker --scheduler "$grpc" --workers 2 --build-dir virtual \
+        --scheduler-token-file /etc/lazybarn/worker-token \
         --data-dir /var/lib/lazybarn --http 127.0.0.1:0 >/dev/null
 done
 

@@ -104,6 +104,9 @@ fn a_worker_joins_a_running_scheduler() -> Result<()> {
     let mut worker = Command::new(workspace_binary(LazybarnUp::BINARY)?);
     worker
         .args(["worker", "--scheduler", up.url(), "--workers", "1"])
+        // `up` serves the worker protocol only to holders of its token.
+        .arg("--scheduler-token-file")
+        .arg(dir.path().join("scheduler").join("worker-token"))
         .args([
             "--build-dir",
             "native",

@@ -141,6 +141,13 @@ pub struct WorkerArgs {
     /// do not pass through the scheduler.
     #[arg(long)]
     pub cas: Option<String>,
+    /// A file holding the worker's token in clear (mode 0600), sent as
+    /// `authorization: Bearer <token>` to the scheduler, whose tokens file
+    /// lists its digest. For a `lazybarn up`, give its data directory's
+    /// `worker-token` [default: the configuration file's
+    /// `scheduler_token_file`, else none].
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_token_file: Option<PathBuf>,
     /// Actions run at once [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -292,6 +299,15 @@ mod tests {
         };
         assert_eq!(worker.drain_timeout, Some(Duration::from_secs(120)));
         assert!(Cli::try_parse_from(["lazybarn", "up", "--drain-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn a_worker_takes_a_scheduler_token_file() {
+        let cli = Cli::parse_from(["lazybarn", "worker", "--scheduler-token-file", "/run/t"]);
+        let Command::Worker(worker) = cli.command else {
+            panic!("not worker: {cli:?}")
+        };
+        assert_eq!(worker.scheduler_token_file, Some(PathBuf::from("/run/t")));
     }
 
     #[test]

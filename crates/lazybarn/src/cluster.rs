@@ -7,6 +7,12 @@
 //! metrics through one Prometheus recorder, so `/metrics` shows them
 //! together.
 //!
+//! The worker protocol is served on the client port, so that a worker can
+//! join with `lazybarn worker`, but only to holders of a worker token
+//! generated at each start ([`crate::credentials`]): `worker-token` in the
+//! data directory, which the in-process worker presents. A client of the
+//! port cannot register as a worker or drain one.
+//!
 //! Startup: storage and scheduler bind their ports, the runner answers,
 //! the worker registers; only then is `lazybarn ready: grpc://ADDR`
 //! printed. Shutdown (SIGINT, SIGTERM, or any piece failing) goes the other
@@ -22,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lazybarn_scheduler::ServerConfig;
-use lazybarn_scheduler::config::StorageConfig;
+use lazybarn_scheduler::config::{AuthConfig, StorageConfig};
 use lazybarn_scheduler::server::{self, Listeners, ServerError};
 use lazybarn_worker::Stop;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -31,6 +37,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::cli::UpArgs;
+use crate::credentials::WorkerCredentials;
 use crate::error::LazybarnError;
 use crate::layout::{Layout, default_data_dir};
 use crate::registration::workers_registered;
@@ -103,6 +110,7 @@ pub async fn up(args: UpArgs) -> Result<(), LazybarnError> {
         let layout = plan.layout.as_ref().expect("a worker comes with a layout");
         let settings = WorkerSettings {
             scheduler: format!("grpc://{}", reachable(grpc)),
+            scheduler_token_file: Some(plan.credentials.token_file.clone()),
             ..settings.clone()
         };
         announce_layout(layout, settings.mode);
@@ -146,6 +154,8 @@ pub async fn up(args: UpArgs) -> Result<(), LazybarnError> {
 /// What `up` decided before starting anything.
 struct UpPlan {
     data_dir: PathBuf,
+    /// This run's worker token, for the scheduler and the worker.
+    credentials: WorkerCredentials,
     /// The worker's settings (its scheduler address is filled in once the
     /// port is bound); None with `--workers 0`.
     worker: Option<WorkerSettings>,
@@ -163,6 +173,7 @@ impl UpPlan {
         if slots == 0 {
             fs::create_dir_all(&data_dir).map_err(LazybarnError::io("creating", &data_dir))?;
             return Ok(UpPlan {
+                credentials: WorkerCredentials::generate(&data_dir)?,
                 data_dir,
                 worker: None,
                 layout: None,
@@ -171,6 +182,7 @@ impl UpPlan {
         let user = ActionUser::choose();
         let settings = WorkerSettings {
             scheduler: String::new(),
+            scheduler_token_file: None,
             cas: None,
             slots,
             mode: usable_build_mode(args.build_dir),
@@ -183,6 +195,7 @@ impl UpPlan {
         // Creates the data directory too, before the storage opens its part.
         let layout = Layout::plan(&data_dir, user.uid)?;
         Ok(UpPlan {
+            credentials: WorkerCredentials::generate(&data_dir)?,
             data_dir,
             worker: Some(settings),
             layout: Some(layout),
@@ -213,6 +226,10 @@ async fn start_scheduler(
             ..StorageConfig::default()
         },
         scheduler: Default::default(),
+        auth: AuthConfig {
+            tokens_file: Some(plan.credentials.tokens_file.clone()),
+            worker_group: plan.credentials.group.to_string(),
+        },
     };
     let listeners = Listeners::bind(&config).await?;
     let grpc = bound(&listeners.grpc)?;

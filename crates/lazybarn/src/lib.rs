@@ -5,6 +5,8 @@
 //! - [`cluster`] is `lazybarn up`: the embedded storage, the scheduler and
 //!   its status page in this process, a worker in this process, and the
 //!   runner as a child process ([`runner_child`]);
+//! - [`credentials`] generates the worker token `up` gives its scheduler
+//!   and its worker;
 //! - [`worker_node`] is `lazybarn worker`: a worker with its own runner child
 //!   that joins a running scheduler;
 //! - [`pieces`] runs the scheduler, the storage or the runner alone;
@@ -17,6 +19,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod credentials;
 pub mod error;
 pub mod layout;
 pub mod metrics_endpoint;

@@ -117,6 +117,8 @@ pub fn parse_platform(entries: &[String]) -> Result<BTreeMap<String, Vec<String>
 pub struct WorkerSettings {
     /// The scheduler's address, `grpc://HOST:PORT`.
     pub scheduler: String,
+    /// The file holding the worker's token for the scheduler, if any.
+    pub scheduler_token_file: Option<PathBuf>,
     /// The CAS, if not the scheduler's.
     pub cas: Option<String>,
     /// Actions run at once.
@@ -140,6 +142,7 @@ pub struct WorkerSettings {
 /// as this process's user.
 pub fn worker_config(settings: &WorkerSettings, layout: &Layout) -> WorkerConfig {
     let mut config = WorkerConfig {
+        scheduler_token_file: settings.scheduler_token_file.clone(),
         cas: settings.cas.clone(),
         slots: settings.slots,
         platform: settings.platform.clone(),
@@ -362,6 +365,9 @@ fn configure(args: &WorkerArgs) -> Result<WorkerConfig, LazybarnError> {
     if args.cas.is_some() {
         config.cas = args.cas.clone();
     }
+    if args.scheduler_token_file.is_some() {
+        config.scheduler_token_file = args.scheduler_token_file.clone();
+    }
     if let Some(slots) = args.workers {
         config.slots = slots;
     }
@@ -397,6 +403,7 @@ fn configure_from_flags(args: &WorkerArgs) -> Result<WorkerConfig, LazybarnError
     let layout = Layout::plan(&data_dir, user.uid)?;
     let settings = WorkerSettings {
         scheduler,
+        scheduler_token_file: args.scheduler_token_file.clone(),
         cas: args.cas.clone(),
         slots: args.workers.unwrap_or_else(default_slots),
         mode: usable_build_mode(args.build_dir.unwrap_or_default()),
@@ -491,6 +498,7 @@ mod tests {
         std::fs::write(&file, "scheduler = \"grpc://127.0.0.1:1\"\nslotz = 2\n").expect("write");
         let args = WorkerArgs {
             scheduler: None,
+            scheduler_token_file: None,
             cas: None,
             workers: None,
             build_dir: None,

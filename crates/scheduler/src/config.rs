@@ -20,6 +20,10 @@
 //! lease_duration = "30s"
 //! max_retries = 2
 //! ignored_platform_properties = ["dockerNetwork"]
+//!
+//! [auth]
+//! tokens_file = "/etc/lazybarn/tokens"   # optional; default: the worker protocol is open
+//! worker_group = "workers"
 //! ```
 //!
 //! A scheduler whose CAS and Action Cache are another REAPI server's
@@ -214,6 +218,38 @@ impl StorageConfig {
     }
 }
 
+/// Who may talk to the scheduler. For now this guards the worker protocol
+/// only; clients are not authenticated yet (issue 13).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A tokens file (see `lazybarn_auth`): one line per token, `SHA256-HEX
+    /// NAME [GROUP,GROUP...]`, the token itself never in clear. When set,
+    /// every call of the worker protocol (Register, PollWork,
+    /// ReportProgress, CompleteExecution, Drain, RequeueExecution), on
+    /// `listen` or `worker_listen`, needs `authorization: Bearer <token>`
+    /// with a token of `worker_group`: UNAUTHENTICATED without one or with
+    /// an unknown one, PERMISSION_DENIED for a token of another group.
+    /// Unset (the default), anyone who reaches the port may act as a
+    /// worker, as before this key existed: kept open so existing farms work
+    /// until the rest of issue 13 (TLS, client identities) lands.
+    /// Recommended: set, e.g. `/etc/lazybarn/tokens`, mode 0600; `lazybarn
+    /// up` always sets one it generates.
+    pub tokens_file: Option<PathBuf>,
+    /// The group whose identities may use the worker protocol. Default and
+    /// recommended: `"workers"`.
+    pub worker_group: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            tokens_file: None,
+            worker_group: "workers".to_string(),
+        }
+    }
+}
+
 /// The `lazybarn-scheduler` binary's configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -233,6 +269,8 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     /// Scheduling behaviour.
     pub scheduler: SchedulerConfig,
+    /// Who may use the worker protocol.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -243,6 +281,7 @@ impl Default for ServerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8981)),
             storage: StorageConfig::default(),
             scheduler: SchedulerConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -283,8 +322,20 @@ mod tests {
             lease_duration = "500ms"
             max_retries = 2
             ignored_platform_properties = ["dockerNetwork"]
+            [auth]
+            tokens_file = "/etc/lazybarn/tokens"
+            worker_group = "workers"
         "#;
         let config = ServerConfig::parse(text).expect("valid");
+        assert_eq!(
+            config.auth.tokens_file.as_deref(),
+            Some(Path::new("/etc/lazybarn/tokens"))
+        );
+        let open = ServerConfig::parse("").expect("defaults");
+        assert_eq!(
+            (open.auth.tokens_file, open.auth.worker_group.as_str()),
+            (None, "workers")
+        );
         assert_eq!(config.scheduler.lease_duration, Duration::from_millis(500));
         assert_eq!(config.scheduler.max_timeout, Duration::from_secs(7200));
         assert_eq!(

@@ -14,7 +14,9 @@
 //! The services: [`execution_service`] (REAPI Execution),
 //! [`operations_service`] (google.longrunning.Operations), and
 //! [`worker_service`]; [`server`] puts them on ports next to the storage
-//! services of `lazybarn-cas`, over its embedded store or a remote CAS. [`status`] serves the status page and
+//! services of `lazybarn-cas`, over its embedded store or a remote CAS,
+//! with the worker protocol behind a `lazybarn_auth::Gate` (workers' bearer
+//! tokens, when `[auth] tokens_file` is set). [`status`] serves the status page and
 //! `/metrics` ([`metrics`]). [`config`] documents every setting.
 
 pub mod action;

@@ -4,7 +4,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use lazybarn_auth::{Gate, Tokens, TokensError};
 use lazybarn_cas::CasError;
 /// Serves routes with the storage server's HTTP/2 settings and TCP_NODELAY.
 pub use lazybarn_cas::server::serve;
@@ -16,8 +18,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
+use tonic::service::interceptor::InterceptedService;
 
-use crate::config::{ServerConfig, StorageConfig};
+use crate::config::{AuthConfig, ServerConfig, StorageConfig};
 use crate::execution_service::ExecutionService;
 use crate::operations_service::OperationsService;
 use crate::scheduler::Scheduler;
@@ -34,6 +37,9 @@ pub enum ServerError {
     /// The storage could not be opened, or the remote CAS reached.
     #[error("opening storage: {0}")]
     Storage(#[from] CasError),
+    /// The tokens file could not be read or parsed.
+    #[error("[auth] tokens_file: {0}")]
+    Tokens(#[from] TokensError),
     /// A listening socket could not be bound.
     #[error("listening on {addr}: {source}")]
     Bind {
@@ -61,13 +67,34 @@ pub fn add_services(scheduler: &Scheduler, routes: &mut RoutesBuilder) {
         )));
 }
 
-/// Adds the worker protocol service to `routes`.
-pub fn add_worker_service(scheduler: &Scheduler, routes: &mut RoutesBuilder) {
-    routes.add_service(
-        SchedulerServer::new(WorkerService::new(scheduler.clone()))
-            .max_decoding_message_size(WORKER_MESSAGE_LIMIT)
-            .max_encoding_message_size(WORKER_MESSAGE_LIMIT),
-    );
+/// What refusals call the right to use the worker protocol.
+const WORKER_RIGHT: &str = "use the worker protocol";
+
+/// Who may use the worker protocol under `config`: with a tokens file,
+/// identities of its worker group only; without one, everyone, as before
+/// there were credentials (see [`AuthConfig::tokens_file`]).
+pub fn worker_gate(config: &AuthConfig) -> Result<Gate, ServerError> {
+    let Some(path) = &config.tokens_file else {
+        return Ok(Gate::Open);
+    };
+    let tokens = Tokens::load(path)?;
+    if tokens.is_empty() {
+        tracing::warn!(tokens_file = %path.display(), "the tokens file lists no token: no worker can register");
+    }
+    Ok(Gate::group(
+        Arc::new(tokens),
+        config.worker_group.clone(),
+        WORKER_RIGHT,
+    ))
+}
+
+/// Adds the worker protocol service to `routes`, every call of it behind
+/// `gate`.
+pub fn add_worker_service(scheduler: &Scheduler, gate: Gate, routes: &mut RoutesBuilder) {
+    let service = SchedulerServer::new(WorkerService::new(scheduler.clone()))
+        .max_decoding_message_size(WORKER_MESSAGE_LIMIT)
+        .max_encoding_message_size(WORKER_MESSAGE_LIMIT);
+    routes.add_service(InterceptedService::new(service, gate));
 }
 
 /// The bound sockets of a scheduler process.
@@ -124,6 +151,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let gate = worker_gate(&config.auth)?;
     let storage = open_storage(&config.storage).await?;
     let scheduler = Scheduler::new(
         storage.store.clone(),
@@ -144,14 +172,14 @@ pub async fn run(
     let worker_server = match listeners.worker {
         Some(listener) => {
             let mut worker_routes = RoutesBuilder::default();
-            add_worker_service(&scheduler, &mut worker_routes);
+            add_worker_service(&scheduler, gate, &mut worker_routes);
             // The storage too, so that a worker's default CAS (the address
             // it was given for the scheduler) works on either port.
             storage.add_services(&mut worker_routes, true);
             Some(serve(listener, worker_routes.routes(), on_stop()))
         }
         None => {
-            add_worker_service(&scheduler, &mut routes);
+            add_worker_service(&scheduler, gate, &mut routes);
             None
         }
     };
@@ -208,7 +236,7 @@ impl InProcess {
         let mut routes = RoutesBuilder::default();
         storage.add_services(&mut routes, true);
         add_services(&scheduler, &mut routes);
-        add_worker_service(&scheduler, &mut routes);
+        add_worker_service(&scheduler, Gate::Open, &mut routes);
         let serving =
             Loopback::serve(routes.routes())
                 .await

@@ -42,6 +42,13 @@ impl std::str::FromStr for BuildMode {
 pub struct WorkerConfig {
     /// The scheduler's worker-protocol address, e.g. `grpc://127.0.0.1:8980`.
     pub scheduler: String,
+    /// A file holding this worker's token in clear (mode 0600), sent as
+    /// `authorization: Bearer <token>` on every call to the scheduler; the
+    /// scheduler's `[auth] tokens_file` lists its digest. Needed when the
+    /// scheduler has a tokens file (`lazybarn up` always does: its token is
+    /// `worker-token` in its data directory). Unset: no credential is sent.
+    #[serde(default)]
+    pub scheduler_token_file: Option<PathBuf>,
     /// The CAS to fetch inputs from and upload outputs to. Unset: the
     /// scheduler's address (its embedded storage). Any REAPI CAS works.
     #[serde(default)]
@@ -214,6 +221,7 @@ impl WorkerConfig {
     ) -> WorkerConfig {
         WorkerConfig {
             scheduler: scheduler.into(),
+            scheduler_token_file: None,
             cas: None,
             worker_id: None,
             slots: 1,

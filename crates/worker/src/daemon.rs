@@ -2,6 +2,9 @@
 //! PollWork open per idle slot, run what comes, heartbeat the executions in
 //! progress, hand back each ExecuteResponse, and stop cleanly.
 //!
+//! Every call to the scheduler carries the worker's bearer token when
+//! `scheduler_token_file` is set (`lazybarn_auth::BearerToken`).
+//!
 //! Failures of the scheduler connection are retried with backoff; NOT_FOUND
 //! (the scheduler restarted or the lease ran out) means register again. A
 //! slot takes no work while the runner fails CheckReadiness.
@@ -15,6 +18,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lazybarn_auth::BearerToken;
 use lazybarn_cas::CasClient;
 use lazybarn_proto::reapi::{Platform, platform::Property};
 use lazybarn_proto::worker::scheduler_client::SchedulerClient;
@@ -25,6 +29,7 @@ use lazybarn_proto::worker::{
 use lazybarn_vfs::{BlobCache, MountConfig};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -94,6 +99,10 @@ pub enum Stop {
     Now,
 }
 
+/// The worker's connection to the scheduler, carrying its token if it has
+/// one.
+pub(crate) type SchedulerConnection = SchedulerClient<InterceptedService<Channel, BearerToken>>;
+
 /// An action in progress: what the heartbeat reports, and how to stop it.
 pub(crate) type RunningAction = (watch::Receiver<Progress>, AbortHandle);
 
@@ -104,7 +113,7 @@ pub(crate) struct Shared {
     /// Chosen anew by every run of the worker, so the scheduler can tell a
     /// reconnection (same session) from a restart (new session).
     session_id: String,
-    pub(crate) scheduler: SchedulerClient<Channel>,
+    pub(crate) scheduler: SchedulerConnection,
     env: ActionEnvironment,
     pub(crate) running: Mutex<HashMap<String, RunningAction>>,
     lease: Mutex<Lease>,
@@ -210,7 +219,12 @@ async fn start(config: WorkerConfig, health: Arc<Health>) -> Result<Shared, Work
         fetch_concurrency: config.fetch_concurrency,
         isolation: config.isolation(),
     };
-    let scheduler = SchedulerClient::new(channel(&config.scheduler)?)
+    let token = match &config.scheduler_token_file {
+        Some(path) => BearerToken::from_file(path)
+            .map_err(|e| WorkerError::Config(format!("scheduler_token_file: {e}")))?,
+        None => BearerToken::none(),
+    };
+    let scheduler = SchedulerClient::with_interceptor(channel(&config.scheduler)?, token)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     Ok(Shared {
