@@ -1,8 +1,9 @@
 //! Who is calling, and may they: Lazybarn's authentication and
 //! authorization.
 //!
-//! This is the first piece of issue 13: bearer tokens, and one right, the
-//! worker protocol. How the pieces fit, in the order a call meets them:
+//! So far it knows bearer tokens and one right, the worker protocol; TLS,
+//! client identities and per-instance policy are still to come. How the
+//! pieces fit, in the order a call meets them:
 //!
 //! - A caller presents a token in the `authorization: Bearer <token>`
 //!   metadata of every call; a worker does so with [`BearerToken`], a tonic

@@ -13,7 +13,7 @@
 //!    a per-slot uid.
 //!
 //! The last line, `sandbox setup per command: ...`, is (4) minus (1): the
-//! namespace and mount setup an action pays, whose target (issue 12) is at
+//! namespace and mount setup an action pays, whose target is at
 //! most 5 ms. `scripts/bench --parts sandbox` reads it.
 //!
 //! `cargo bench -p lazybarn-runner --bench sandbox`; run it as root to
@@ -109,7 +109,7 @@ async fn measure(variants: &mut [Variant], iterations: usize) -> Result<()> {
     Ok(())
 }
 
-/// The most namespace and mount setup an action may cost (issue 12).
+/// The most namespace and mount setup an action may cost.
 const TARGET: Duration = Duration::from_millis(5);
 
 fn report(variants: &mut [Variant]) -> Vec<String> {

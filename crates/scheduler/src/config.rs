@@ -219,7 +219,7 @@ impl StorageConfig {
 }
 
 /// Who may talk to the scheduler. For now this guards the worker protocol
-/// only; clients are not authenticated yet (issue 13).
+/// only; clients are not authenticated yet.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -232,7 +232,7 @@ pub struct AuthConfig {
     /// an unknown one, PERMISSION_DENIED for a token of another group.
     /// Unset (the default), anyone who reaches the port may act as a
     /// worker, as before this key existed: kept open so existing farms work
-    /// until the rest of issue 13 (TLS, client identities) lands.
+    /// until TLS and client identities exist too.
     /// Recommended: set, e.g. `/etc/lazybarn/tokens`, mode 0600; `lazybarn
     /// up` always sets one it generates.
     pub tokens_file: Option<PathBuf>,
