@@ -457,16 +457,12 @@ mod tests {
     use super::*;
     use crate::blob_cache::BlobCache;
     use crate::error::FailureKind;
-    use crate::input_tree::{InputOwner, root_meta};
+    use crate::input_tree::root_meta;
     use crate::node::{Children, EntryCaps, Node};
     use crate::source::BlobSource;
     use crate::testing::MapSource;
 
-    const OWNER: InputOwner = InputOwner {
-        uid: 0,
-        gid: 0,
-        private_to: None,
-    };
+    use crate::testing::OWNER;
 
     /// A core whose root is loaded and holds one created directory `d`
     /// under `names`, with `d` itself under `inner` in `d`: a table that is

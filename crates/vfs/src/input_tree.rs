@@ -272,11 +272,7 @@ mod tests {
     use crate::node::EntryCaps;
     use lazybarn_proto::reapi::{DirectoryNode, FileNode, SymlinkNode};
 
-    const OWNER: InputOwner = InputOwner {
-        uid: 0,
-        gid: 0,
-        private_to: None,
-    };
+    use crate::testing::OWNER;
 
     fn file(name: &str) -> FileNode {
         FileNode {

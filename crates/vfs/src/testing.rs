@@ -8,7 +8,15 @@ use bytes::Bytes;
 use lazybarn_cas::Digest;
 use parking_lot::Mutex;
 
+use crate::input_tree::InputOwner;
 use crate::source::BlobSource;
+
+/// Input nodes owned by root and open to every uid, as in most unit tests.
+pub(crate) const OWNER: InputOwner = InputOwner {
+    uid: 0,
+    gid: 0,
+    private_to: None,
+};
 
 /// Blobs in a map; those marked corrupt are served with a flipped byte.
 #[derive(Default)]
