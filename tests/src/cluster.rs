@@ -224,3 +224,23 @@ pub fn http_get(base: &str, path: &str) -> Result<String> {
     );
     Ok(body.to_string())
 }
+
+/// Starts `lazybarn scheduler` on free loopback ports with `scheduler`
+/// as the body of its `[scheduler]` table (TOML lines), its configuration
+/// and log in `dir`.
+pub fn start_scheduler(dir: &Path, scheduler: &str) -> Result<ServerProcess> {
+    let config = dir.join("scheduler.toml");
+    fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n[scheduler]\n{scheduler}\n"
+        ),
+    )?;
+    let mut command = Command::new(workspace_binary(LazybarnUp::BINARY)?);
+    command.arg("scheduler").arg("--config").arg(&config);
+    ServerProcess::start(
+        command,
+        "lazybarn scheduler ready:",
+        &dir.join("scheduler.log"),
+    )
+}

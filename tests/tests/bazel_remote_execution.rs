@@ -28,6 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use lazybarn_tests::cluster::start_scheduler;
 use lazybarn_tests::outputs::{OutputFiles, differences, read_outputs};
 use lazybarn_tests::system::{mounts_under, processes_mentioning};
 use lazybarn_tests::{BazelOutput, BazelWorkspace, LazybarnUp, ServerProcess, workspace_binary};
@@ -567,21 +568,7 @@ fn a_test_past_its_timeout_is_killed(bazel: &BazelWorkspace, flags: &[String]) -
 /// `lazybarn scheduler` on free loopback ports, with a lease of
 /// [`SHORT_LEASE`] so that a dead worker's action moves on quickly.
 fn start_scheduler_with_short_lease(dir: &Path) -> Result<ServerProcess> {
-    let config = dir.join("scheduler.toml");
-    fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n\
-             [scheduler]\nlease_duration = \"{SHORT_LEASE}\"\n"
-        ),
-    )?;
-    let mut command = Command::new(workspace_binary(LazybarnUp::BINARY)?);
-    command.arg("scheduler").arg("--config").arg(&config);
-    ServerProcess::start(
-        command,
-        "lazybarn scheduler ready:",
-        &dir.join("scheduler.log"),
-    )
+    start_scheduler(dir, &format!("lease_duration = \"{SHORT_LEASE}\""))
 }
 
 /// `lazybarn worker` with one slot and virtual build directories under

@@ -34,6 +34,7 @@ use lazybarn_cas::Digest;
 use lazybarn_proto::reapi::{Directory, ExecuteResponse};
 use lazybarn_tests::LazybarnUp;
 use lazybarn_tests::binaries::workspace_binary;
+use lazybarn_tests::cluster::start_scheduler;
 use lazybarn_tests::remote::{
     ActionSpec, InputDirectory, Remote, directory_node, ensure_refused, file_node, names_figure,
     status_of,
@@ -222,22 +223,11 @@ const SHORT_NO_WORKER_TIMEOUT: &str = "3s";
 fn asking_for_the_host_network_where_no_worker_allows_it_fails_naming_the_property() -> Result<()> {
     let _serial = one_at_a_time();
     let dir = ScratchDir::new("network-refused")?;
-    let config = dir.path().join("scheduler.toml");
-    fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n\
-             [scheduler]\nno_worker_timeout = \"{SHORT_NO_WORKER_TIMEOUT}\"\n"
-        ),
+    let scheduler = start_scheduler(
+        dir.path(),
+        &format!("no_worker_timeout = \"{SHORT_NO_WORKER_TIMEOUT}\""),
     )?;
     let binary = workspace_binary(LazybarnUp::BINARY)?;
-    let mut command = Command::new(&binary);
-    command.arg("scheduler").arg("--config").arg(&config);
-    let scheduler = ServerProcess::start(
-        command,
-        "lazybarn scheduler ready:",
-        &dir.path().join("scheduler.log"),
-    )?;
     let url = scheduler.announced().to_string();
     let worker_dir = dir.path().join("worker");
     fs::create_dir_all(&worker_dir)?;

@@ -112,11 +112,12 @@ async fn shared_memory_and_ipc_of_another_command_are_out_of_sight() {
     let call_a = tokio::spawn(async move { client.run(a).await });
     wait_for_processes(&marker, 1, Duration::from_secs(10)).await;
     // A's sleep starts after its file and segment exist.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !read_text(work_a.path().join("stdout")).contains("Shared memory id") {
-        assert!(std::time::Instant::now() < deadline, "A made no segment");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_text(
+        work_a.path().join("stdout"),
+        "Shared memory id",
+        "A made no segment",
+    )
+    .await;
 
     let work_b = work_dir();
     run_ok(
@@ -309,11 +310,7 @@ async fn another_commands_message_queues_are_out_of_sight() {
     let mut client = runner.client.clone();
     let call_a = tokio::spawn(async move { client.run(a).await });
     wait_for_processes(&marker, 1, Duration::from_secs(10)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !read_text(work_a.path().join("stdout")).contains("made") {
-        assert!(std::time::Instant::now() < deadline, "A made no queue");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_text(work_a.path().join("stdout"), "made", "A made no queue").await;
 
     let work_b = work_dir();
     run_ok(

@@ -169,6 +169,20 @@ pub fn read_text(path: impl AsRef<Path>) -> String {
     String::from_utf8(read(path)).expect("output is UTF-8")
 }
 
+/// Waits up to ten seconds for the file at `path` to contain `text` (what a
+/// running command prints once it has set something up); panics with
+/// `what` if it never does.
+pub async fn wait_for_text(path: impl AsRef<Path>, text: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(path.as_ref())
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts the `lazybarn-runner` binary with `args` and waits until it answers.
 pub async fn start_binary(
     socket: &Path,
